@@ -1,0 +1,29 @@
+"""restv2-edge: ResTv2 image classifiers, exported for phones and edge devices.
+
+``import restv2_edge`` imports no backend (and not even torch): everything is loaded lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def create_model(
+    variant: Any = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    weights: Any = None,
+    form: str = "native",
+) -> nn.Module:
+    """Build an export-friendly ResTv2 in eval mode (see ``restv2_edge.factory.create_model``)."""
+    from restv2_edge.factory import create_model as _create_model
+
+    return _create_model(variant, image_size, num_classes, weights, form)
+
+
+__all__ = ["__version__", "create_model"]

@@ -1,0 +1,48 @@
+"""Opening an exported artifact: verified manifest + the runner of its target."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from restv2_edge.converters.base import Runner, get_converter
+from restv2_edge.manifest import Manifest, verify_files
+from restv2_edge.preprocess import preprocess_image
+
+
+def open_artifact(
+    folder: str | os.PathLike[str], threads: int | None = None
+) -> tuple[Manifest, Runner]:
+    """Check every file against its sha256, then load the target's runner."""
+    manifest = verify_files(folder)
+    converter = get_converter(manifest.target)
+    converter.check_installed()
+    return manifest, converter.load(Path(folder), manifest, threads)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, names: list[str], k: int = 5) -> list[dict[str, object]]:
+    """Top-k of one logit vector: index, label, probability (softmax)."""
+    probs = softmax(logits.astype(np.float64))
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "label": names[i], "probability": float(probs[i])} for i in order]
+
+
+def classify(
+    folder: str | os.PathLike[str], images: list[Image.Image], k: int = 5
+) -> list[list[dict[str, object]]]:
+    """Top-k for each image, using only the manifest and the target runtime."""
+    manifest, runner = open_artifact(folder)
+    pre = manifest.preprocessing()
+    batch = np.stack([preprocess_image(image, pre) for image in images])
+    logits = runner(batch)
+    names = manifest.class_names(Path(folder))
+    return [top_k(row, names, k) for row in logits]

@@ -1,0 +1,281 @@
+"""Checkpoints: the official release layout (.pth / .safetensors) and the project's own format.
+
+The official layout (wofmanaf/ResT ``models/rest_v2.py``) differs from this package's modules in
+two places, mapped explicitly here in the manner of timm's checkpoint filter functions:
+
+- ``stageN.i.attn.kv`` (one Linear, 2C outputs: K then V) <-> ``attn.k`` + ``attn.v``
+- ``stageN.i.attn.up.0`` (conv inside ``nn.Sequential``) <-> ``attn.up``; in the decomposed
+  graph form its output channels are stored in (i, j, c) order instead of (c, i, j).
+
+The own format is a ``.safetensors`` file in the official key layout whose metadata (key
+``restv2_edge``) carries the config, image size, class names and preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from restv2_edge.config import ModelConfig
+from restv2_edge.errors import CheckpointError
+from restv2_edge.preprocess import Preprocessing
+
+OWN_FORMAT_KEY = "restv2_edge"
+OWN_FORMAT_VERSION = 1
+
+_KV = re.compile(r"^(stage\d+\.\d+\.attn)\.kv\.(weight|bias)$")
+_UP_OFFICIAL = re.compile(r"^(stage\d+\.\d+\.attn)\.up\.0\.(weight|bias)$")
+_KEY_PREFIXES = ("module.", "model.")
+
+
+@dataclass
+class Checkpoint:
+    """Weights in the official key layout, plus the own format's metadata when present."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: ModelConfig | None = None
+    image_size: int | None = None
+    class_names: list[str] | None = None
+    preprocessing: Preprocessing | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_own_format(self) -> bool:
+        return self.config is not None
+
+
+# ----------------------------------------------------------------------------- key mapping
+
+
+def _up_ratio(model_module: nn.Module, prefix: str) -> int:
+    return model_module.get_submodule(prefix).sr_ratio
+
+
+def _shuffle_order(channels: int, ratio: int) -> torch.Tensor:
+    """Index list: decomposed channel k*C + c <- official channel c*r*r + k."""
+    dim = channels // (ratio * ratio)
+    return torch.arange(channels).view(dim, ratio * ratio).t().reshape(-1)
+
+
+def to_internal(official: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Official-layout state dict -> this model's state dict (form-aware)."""
+    decomposed = getattr(model, "form", "native") == "decomposed"
+    state: dict[str, torch.Tensor] = {}
+    for key, value in official.items():
+        if match := _KV.match(key):
+            attn, kind = match.groups()
+            k_part, v_part = value.chunk(2, dim=0)
+            state[f"{attn}.k.{kind}"] = k_part.clone()
+            state[f"{attn}.v.{kind}"] = v_part.clone()
+        elif match := _UP_OFFICIAL.match(key):
+            attn, kind = match.groups()
+            ratio = _up_ratio(model, attn)
+            if decomposed and ratio > 1:
+                value = value[_shuffle_order(value.shape[0], ratio)]
+            state[f"{attn}.up.{kind}"] = value
+        else:
+            state[key] = value
+    return state
+
+
+def to_official(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """This model's state dict -> the official key layout (exact inverse of ``to_internal``)."""
+    decomposed = getattr(model, "form", "native") == "decomposed"
+    official: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        attn, _, rest = key.partition(".attn.")
+        if rest in ("k.weight", "k.bias"):
+            kind = rest.split(".")[1]
+            official[f"{attn}.attn.kv.{kind}"] = torch.cat([value, state[f"{attn}.attn.v.{kind}"]])
+        elif rest in ("v.weight", "v.bias"):
+            continue
+        elif rest in ("up.weight", "up.bias"):
+            ratio = _up_ratio(model, f"{attn}.attn")
+            if decomposed and ratio > 1:
+                value = value[torch.argsort(_shuffle_order(value.shape[0], ratio))]
+            official[f"{attn}.attn.up.0.{rest.split('.')[1]}"] = value
+        else:
+            official[key] = value
+    return official
+
+
+def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in the official key layout."""
+    return to_official(model.state_dict(), model)
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DataParallel/EMA wrappers' ``module.``/``model.`` key prefixes."""
+    for prefix in _KEY_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
+def load_official_into(model: nn.Module, official: dict[str, torch.Tensor]) -> None:
+    """Load official-layout weights; every missing, unexpected or mis-shaped key is an error."""
+    official = strip_prefixes(official)
+    expected = official_state_dict(model)
+    missing = [key for key in expected if key not in official]
+    unexpected = [key for key in official if key not in expected]
+    mismatched = [
+        f"{key}: checkpoint {tuple(official[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in official and official[key].shape != expected[key].shape
+    ]
+    if mismatched:
+        raise CheckpointError(
+            "checkpoint does not fit this model (another variant or class count?): "
+            + "; ".join(mismatched[:3])
+            + (f" (+{len(mismatched) - 3} more)" if len(mismatched) > 3 else "")
+        )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_preview(unexpected)}")
+        raise CheckpointError("checkpoint keys do not match the model; " + "; ".join(parts))
+    internal = to_internal({key: official[key] for key in expected}, model)
+    current = model.state_dict()
+    internal = {key: value.to(dtype=current[key].dtype) for key, value in internal.items()}
+    model.load_state_dict(internal, strict=True)
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read an official .pth/.pt/.bin or a .safetensors file (own format or plain)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return Checkpoint(state_dict=_read_torch(path))
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "weights only load failed" in str(exc).lower() or "unsupported" in str(exc).lower():
+            raise CheckpointError(
+                f"refusing {path.name}: it is a pickle that needs code execution to load "
+                "(only plain tensors are accepted; torch.load(weights_only=True))"
+            ) from None
+        raise CheckpointError(f"corrupt checkpoint {path.name}: {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path.name}: {first}") from None
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_ema"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path.name} holds no state dict")
+    tensors = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}
+    if len(tensors) != len(obj):
+        others = [key for key, value in obj.items() if not isinstance(value, torch.Tensor)]
+        raise CheckpointError(f"{path.name}: entries that are not tensors: {_preview(others)}")
+    return tensors
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"corrupt safetensors file {path.name}: {first}") from None
+    if not state:
+        raise CheckpointError(f"{path.name} holds no tensors")
+    if OWN_FORMAT_KEY not in metadata:
+        return Checkpoint(state_dict=state)
+    try:
+        meta = json.loads(metadata[OWN_FORMAT_KEY])
+        return Checkpoint(
+            state_dict=state,
+            config=ModelConfig.from_dict(meta["config"]),
+            image_size=int(meta["image_size"]),
+            class_names=list(meta["class_names"]),
+            preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+            extra=meta.get("extra", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: damaged restv2-edge metadata ({exc})") from None
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    class_names: list[str],
+    preprocessing: Preprocessing,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write the own format atomically: official-layout tensors + full metadata."""
+    from safetensors.torch import save_file
+
+    if len(class_names) != model.config.num_classes:
+        raise CheckpointError(
+            f"{len(class_names)} class names for a {model.config.num_classes}-class model"
+        )
+    state = {
+        key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value)
+        .detach()
+        .contiguous()
+        for key, value in official_state_dict(model).items()
+    }
+    meta = {
+        "format_version": OWN_FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "image_size": model.image_size,
+        "class_names": list(class_names),
+        "preprocessing": preprocessing.to_dict(),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={OWN_FORMAT_KEY: json.dumps(meta)})
+    return path
+
+
+class atomic_path:
+    """Context manager yielding a temp path beside ``path``; renamed over it on success only."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)

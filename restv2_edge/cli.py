@@ -1,0 +1,390 @@
+"""The ``restv2-edge`` command line. Owns progress display and turns errors into one line.
+
+Heavy imports (torch, backends) happen inside each command, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from restv2_edge.errors import RestV2EdgeError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def parse_variant(value: str | None) -> Any:
+    """T/S/B/L, a JSON file with a config, or inline JSON."""
+    if value is None:
+        return None
+    if value.upper() in {"T", "S", "B", "L"}:
+        return value.upper()
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value)
+        if not path.is_file():
+            from restv2_edge.errors import ConfigError
+
+            raise ConfigError(f"unknown variant {value!r}; choose T, S, B, L or a JSON config")
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        from restv2_edge.errors import ConfigError
+
+        raise ConfigError(f"variant config is not valid JSON: {exc}") from None
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="restv2-edge", prog_name="restv2-edge")
+def main() -> None:
+    """ResTv2 image classifiers for phones and edge devices: export, quantize, verify, benchmark."""
+
+
+@main.command()
+@click.option("--variant", default="T", show_default=True, help="T, S, B, L or a JSON config.")
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--num-classes", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(variant: str, image_size: int, num_classes: int | None, as_json: bool) -> None:
+    """Parameters and multiply-accumulates per stage and in total."""
+    from restv2_edge.complexity import complexity_report, render_report
+
+    report = complexity_report(parse_variant(variant), image_size, num_classes)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        render_report(report, console())
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(), help="ImageFolder directory or tar.")
+@click.option("--split", default=None, help="Split folder inside --data (e.g. train).")
+@click.option("--variant", default="T", show_default=True, help="T, S, B, L or a JSON config.")
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--warmup-epochs", type=float, default=2.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option(
+    "--min-scale",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Smallest crop area of the random resized crop.",
+)
+@click.option(
+    "--crop-pct",
+    type=float,
+    default=0.875,
+    show_default=True,
+    help="Eval crop fraction recorded in the checkpoint (1.0 for tiny images).",
+)
+@click.option("--weights", type=click.Path(), default=None, help="Initial weights (fine-tuning).")
+@click.option("--val-data", type=click.Path(), default=None)
+@click.option("--val-split", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--limit", type=int, default=None, help="Use only the first N images.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT.train-state.pt.")
+@click.option("--output", required=True, type=click.Path(), help="Checkpoint (.safetensors).")
+def train(**options: Any) -> None:
+    """Train or fine-tune ResTv2 on labelled images; writes the own checkpoint format."""
+    from restv2_edge.train import TrainSettings
+    from restv2_edge.train import train as run_training
+
+    options["variant"] = parse_variant(options["variant"])
+    settings = TrainSettings(**options)
+    out = console()
+    with _TrainDisplay(out) as display:
+        path = run_training(settings, display.update)
+    out.print(f"wrote {path}")
+
+
+class _TrainDisplay:
+    """Rich progress for training events, plus one log line per epoch."""
+
+    def __init__(self, out: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.out = out
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=out,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> _TrainDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "data":
+            skipped = event["skipped"]
+            self.out.print(
+                f"{event['images']} images, {event['classes']} classes"
+                + (f"; skipped {len(skipped)} corrupt: {', '.join(skipped[:3])}" if skipped else "")
+            )
+        elif kind == "resume":
+            self.out.print(f"resuming after epoch {event['epoch']}")
+        elif kind == "step":
+            if self.task is None or event["step"] == 1:
+                if self.task is not None:
+                    self.progress.remove_task(self.task)
+                self.task = self.progress.add_task(
+                    f"epoch {event['epoch'] + 1}", total=event["steps"], stats=""
+                )
+            stats = (
+                f"loss {event['loss']:.3f} acc {event['acc']:.3f} {event['images_per_s']:.0f} img/s"
+            )
+            self.progress.update(self.task, completed=event["step"], stats=stats)
+        elif kind == "epoch":
+            line = (
+                f"epoch {event['epoch']}: loss {event['loss']:.4f}"
+                f" train_acc {event['train_acc']:.4f} {event['seconds']:.0f}s"
+            )
+            if "val_acc" in event:
+                line += f" val_acc {event['val_acc']:.4f}"
+            self.out.print(line)
+
+
+TARGET_NAMES = ["onnx", "openvino", "executorch", "coreml"]
+
+
+class StepProgress:
+    """A spinner per long step, then one line with its duration."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.status = None
+        self.step = None
+        self.started = 0.0
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __call__(self, step: str) -> None:
+        import time
+
+        self._finish()
+        self.step, self.started = step, time.perf_counter()
+        self.status = self.out.status(f"{step}...")
+        self.status.__enter__()
+
+    def _finish(self, ok: bool = True) -> None:
+        import time
+
+        if self.status is not None:
+            self.status.__exit__(None, None, None)
+            mark = "[green]done[/]" if ok else "[red]failed[/]"
+            self.out.print(f"  {self.step}: {mark} ({time.perf_counter() - self.started:.1f} s)")
+            self.status = None
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self._finish(ok=exc_type is None)
+
+
+def build_model(variant: str | None, image_size: int | None, weights: str | None, out: Any):
+    """The PyTorch model to export; random weights come with a loud warning."""
+    from restv2_edge.factory import create_model
+
+    if weights is None:
+        out.print(
+            "[bold red]WARNING: no --weights given: exporting RANDOMLY INITIALIZED weights. "
+            "Use such an artifact for pipeline tests only.[/]"
+        )
+    return create_model(parse_variant(variant), image_size, None, weights)
+
+
+@main.command()
+@click.option("--target", required=True, type=click.Choice(TARGET_NAMES))
+@click.option(
+    "--variant",
+    default=None,
+    help="T, S, B, L or a JSON config (default T, or the checkpoint's own config).",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Input resolution (default 224 or the checkpoint's).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(),
+    default=None,
+    help="Official .pth/.safetensors or an own-format checkpoint.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default=None,
+    help="Default: fp16 for coreml, fp32 otherwise.",
+)
+@click.option("--raw-input", is_flag=True, help="Input is raw RGB 0-255; normalization inside.")
+@click.option(
+    "--deployment-target", default=None, help="Core ML minimum deployment target (default iOS17)."
+)
+@click.option("--output", type=click.Path(), default=None, help="Artifact folder.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--no-verify", is_flag=True, help="Keep the artifact even if parity fails.")
+@click.option("--parity-data", type=click.Path(), default=None, help="Photos for the parity gate.")
+@click.option("--parity-limit", type=int, default=16, show_default=True)
+def export(**o: Any) -> None:
+    """Export to a deployment format, verify it in its runtime, write manifest.json."""
+    from restv2_edge.converters.base import ExportRequest, get_converter
+    from restv2_edge.export import export_artifact
+
+    out = console()
+    converter = get_converter(o["target"])
+    converter.check_installed()
+    precision = o["precision"] or converter.default_precision
+    options = {}
+    if o["deployment_target"]:
+        options["deployment_target"] = o["deployment_target"]
+    request = ExportRequest(precision=precision, raw_input=o["raw_input"], options=options)
+    converter.check_request(request)
+    with StepProgress(out) as progress:
+        progress("build")
+        model = build_model(o["variant"], o["image_size"], o["weights"], out)
+        name = model_label(model)
+        output = Path(o["output"] or f"exports/{name}-{o['target']}-{precision}")
+        path, manifest = export_artifact(
+            model,
+            o["target"],
+            output,
+            request,
+            force=o["force"],
+            verify=not o["no_verify"],
+            parity_data=o["parity_data"],
+            parity_limit=o["parity_limit"],
+            progress=progress,
+        )
+    print_parity(manifest.parity, out)
+    out.print(f"wrote {path}")
+
+
+def model_label(model: Any) -> str:
+    from restv2_edge.config import variant_name
+
+    return f"restv2-{variant_name(model.config) or 'custom'}-{model.image_size}"
+
+
+def print_parity(parity: dict[str, Any], out: Any) -> None:
+    status = parity.get("status")
+    if status == "not run":
+        out.print(f"parity: [yellow]not run[/] ({parity.get('reason')})")
+        return
+    m = parity["metrics"]
+    color = "green" if status == "passed" else "red"
+    out.print(
+        f"parity [{color}]{status}[/] via {parity['runner']} on {m['images']} images: "
+        f"max|dlogit| {m['max_abs_diff']:.2e}, cosine min {m['cosine_min']:.6f}, "
+        f"top-1 {m['top1_agreement']:.1%}, top-5 {m['top5_agreement']:.1%}"
+    )
+    for failure in parity.get("failures", []):
+        out.print(f"  [red]past threshold:[/] {failure}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option(
+    "--weights", required=True, type=click.Path(), help="Checkpoint the artifact was exported from."
+)
+@click.option(
+    "--data",
+    type=click.Path(),
+    default=None,
+    help="Photo folder (default: the shared ImageNet sample).",
+)
+@click.option("--limit", type=int, default=64, show_default=True)
+@click.option("--json", "json_file", type=click.Path(), default=None)
+def parity(
+    artifact: str, weights: str, data: str | None, limit: int, json_file: str | None
+) -> None:
+    """Check an existing artifact against PyTorch; non-zero exit past the thresholds."""
+    from restv2_edge.artifact import open_artifact
+    from restv2_edge.errors import ParityError
+    from restv2_edge.export import artifact_model
+    from restv2_edge.factory import create_model
+    from restv2_edge.parity import load_inputs, measure
+
+    out = console()
+    manifest, runner = open_artifact(artifact)
+    model = create_model(manifest.config, manifest.image_size, None, weights)
+    reference = artifact_model(model, "native", manifest.raw_input)
+    inputs = load_inputs(manifest.preprocessing(), data, limit)
+    record = measure(runner, reference, inputs, manifest.precision)
+    if json_file:
+        Path(json_file).write_text(json.dumps(record, indent=2) + "\n")
+    print_parity(record, out)
+    if record["status"] != "passed":
+        raise ParityError(f"{artifact}: parity failed")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
+    """Top-k class names with probabilities, using only the manifest and the runtime."""
+    from restv2_edge.artifact import classify
+    from restv2_edge.data import open_unlabelled
+
+    opened = []
+    for path in images:
+        source = open_unlabelled(path)
+        opened.append(source.open(source.items[0][0]))
+    results = classify(artifact, opened, top)
+    if as_json:
+        click.echo(json.dumps({p: r for p, r in zip(images, results)}, indent=2))
+        return
+    for path, result in zip(images, results):
+        click.echo(path)
+        for entry in result:
+            click.echo(f"  {entry['probability']:7.2%}  {entry['label']} ({entry['index']})")
+
+
+def run() -> None:
+    """Console-script entry: one line on error, non-zero exit, never a traceback."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except RestV2EdgeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,120 @@
+"""Parameters and multiply-accumulates (MACs) per stage, counted on the built model.
+
+MACs count convolutions, linears and the two attention matmuls (Q K^T and A V) -- the
+convention of the published table; norms, activations and the softmax are not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from restv2_edge.config import PUBLISHED, variant_name
+from restv2_edge.factory import create_model
+from restv2_edge.model import Attention, ResTV2
+
+
+def _module_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return output.numel() * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if isinstance(module, Attention):
+        queries = module.grid[0] * module.grid[1]
+        keys = module.reduced_grid[0] * module.reduced_grid[1]
+        return 2 * output.shape[0] * queries * keys * module.dim
+    return 0
+
+
+def count_macs(model: ResTV2) -> dict[str, int]:
+    """MACs of one image, keyed by top-level part (stage1..4 include their patch embedding)."""
+    part_of = {
+        "stem": "stage1",
+        "stage1": "stage1",
+        "patch_2": "stage2",
+        "stage2": "stage2",
+        "patch_3": "stage3",
+        "stage3": "stage3",
+        "patch_4": "stage4",
+        "stage4": "stage4",
+        "norm": "head",
+        "head": "head",
+    }
+    totals = dict.fromkeys(["stage1", "stage2", "stage3", "stage4", "head"], 0)
+    handles = []
+    for name, module in model.named_modules():
+        top = name.split(".", 1)[0]
+        if top in part_of and isinstance(module, (nn.Conv2d, nn.Linear, Attention)):
+
+            def hook(mod, inputs, output, part=part_of[top]):
+                totals[part] += _module_macs(mod, inputs, output)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model.config.in_chans, model.image_size, model.image_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return totals
+
+
+def count_params(model: ResTV2) -> dict[str, int]:
+    part_of = {
+        "stem": "stage1",
+        "patch_2": "stage2",
+        "patch_3": "stage3",
+        "patch_4": "stage4",
+        "norm": "head",
+        "head": "head",
+    }
+    totals = dict.fromkeys(["stage1", "stage2", "stage3", "stage4", "head"], 0)
+    for name, param in model.named_parameters():
+        top = name.split(".", 1)[0]
+        totals[part_of.get(top, top)] += param.numel()
+    return totals
+
+
+def complexity_report(
+    variant: Any = "T", image_size: int = 224, num_classes: int | None = None
+) -> dict[str, Any]:
+    """Params and MACs per stage and in total, with the published figures when they apply."""
+    model = create_model(variant or "T", image_size, num_classes)
+    params, macs = count_params(model), count_macs(model)
+    name = variant_name(model.config)
+    report: dict[str, Any] = {
+        "variant": name or "custom",
+        "config": model.config.to_dict(),
+        "image_size": image_size,
+        "params": sum(params.values()),
+        "macs": sum(macs.values()),
+        "stages": [
+            {"stage": stage, "params": params[stage], "macs": macs[stage]} for stage in params
+        ],
+    }
+    if name and model.config.num_classes == 1000:
+        published = PUBLISHED[name]
+        report["published"] = {"params": published["params_m"] * 1e6}
+        if image_size in (224, 384):
+            report["published"]["macs"] = published[f"gmacs_{image_size}"] * 1e9
+    return report
+
+
+def render_report(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"ResTv2-{report['variant']} @ {report['image_size']}")
+    table.add_column("part")
+    table.add_column("params (M)", justify="right")
+    table.add_column("GMACs", justify="right")
+    for row in report["stages"]:
+        table.add_row(row["stage"], f"{row['params'] / 1e6:.2f}", f"{row['macs'] / 1e9:.3f}")
+    table.add_row("total", f"{report['params'] / 1e6:.2f}", f"{report['macs'] / 1e9:.3f}")
+    if "published" in report:
+        pub = report["published"]
+        macs = f"{pub['macs'] / 1e9:.1f}" if "macs" in pub else "-"
+        table.add_row("published", f"{pub['params'] / 1e6:.0f}", macs)
+    console.print(table)

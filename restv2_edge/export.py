@@ -1,0 +1,165 @@
+"""The export pipeline shared by every target: convert, write manifest, verify, publish.
+
+Everything is written into a temporary folder beside the output and renamed into place only
+when the artifact passed its parity gate (or ``verify=False``), so an interrupted or failed
+export never leaves anything under the output name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from restv2_edge import __version__
+from restv2_edge.config import variant_name
+from restv2_edge.converters.base import ExportRequest, get_converter
+from restv2_edge.errors import ExportError, ParityError, RunnerUnavailableError
+from restv2_edge.factory import with_form
+from restv2_edge.manifest import Manifest
+from restv2_edge.model import RawInput, ResTV2
+from restv2_edge.parity import load_inputs, measure
+
+Progress = Callable[[str], None]
+
+
+def artifact_model(model: ResTV2, form: str, raw_input: bool) -> torch.nn.Module:
+    """The graph a converter exports: the model in ``form``, optionally taking raw RGB."""
+    graph = with_form(model, form) if model.form != form else model
+    if raw_input:
+        pre = model.preprocessing
+        graph = RawInput(graph, pre.mean, pre.std)
+    return graph.eval()
+
+
+def build_manifest(
+    model: ResTV2, target: str, request: ExportRequest, result: Any, form: str
+) -> Manifest:
+    pre = model.preprocessing.raw() if request.raw_input else model.preprocessing
+    size = model.image_size
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    return Manifest(
+        target=target,
+        precision=request.precision,
+        image_size=size,
+        num_classes=model.config.num_classes,
+        model_file=result.model_file,
+        variant=variant_name(model.config),
+        config=model.config.to_dict(),
+        graph_form=form,
+        input={
+            "name": result.input_name,
+            "shape": [request.batch_size, 3, size, size],
+            "dtype": "float32",
+            "layout": result.layout,
+            "scale": pre.scale,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "crop_pct": pre.crop_pct,
+            "interpolation": pre.interpolation,
+            "resize_size": pre.resize_size(),
+        },
+        output={
+            "name": result.output_name,
+            "shape": [request.batch_size, model.config.num_classes],
+        },
+        labels=list(names),
+        versions={"restv2_edge": __version__, "torch": torch.__version__, **result.versions},
+        export={**result.info, "options": request.options},
+        quantization=result.quantization,
+    )
+
+
+def export_artifact(
+    model: ResTV2,
+    target: str,
+    output: str | os.PathLike[str],
+    request: ExportRequest,
+    *,
+    force: bool = False,
+    verify: bool = True,
+    parity_data: str | Path | None = None,
+    parity_limit: int | None = 16,
+    progress: Progress = lambda step: None,
+) -> tuple[Path, Manifest]:
+    """Export ``model`` (native form, fp32) to ``target`` as an artifact folder at ``output``."""
+    converter = get_converter(target)
+    converter.check_installed()
+    converter.check_request(request)
+    output = Path(output)
+    if output.exists() and not force:
+        raise ExportError(f"{output} exists; pass --force to replace it")
+    work = _make_workdir(output)
+    try:
+        form = converter.graph_form_for(request)
+        progress("export")
+        graph = artifact_model(model, form, request.raw_input)
+        reference = artifact_model(model, "native", request.raw_input)
+        example = _example_input(model, request)
+        result = converter.export(graph, example, work, request, progress)
+        progress("write")
+        manifest = build_manifest(model, target, request, result, form)
+        manifest.write(work)
+        progress("verify")
+        manifest.parity = _verify(
+            converter, work, manifest, reference, request, parity_data, parity_limit
+        )
+        manifest.write(work)
+        if verify and manifest.parity["status"] == "failed":
+            raise ParityError(
+                f"{target} {request.precision} artifact failed parity: "
+                + "; ".join(manifest.parity["failures"])
+            )
+        _publish(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return output, manifest
+
+
+def _verify(
+    converter: Any,
+    work: Path,
+    manifest: Manifest,
+    reference: torch.nn.Module,
+    request: ExportRequest,
+    data: Any,
+    limit: int | None,
+) -> dict[str, Any]:
+    try:
+        runner = converter.load(work, manifest)
+    except RunnerUnavailableError as exc:
+        return {"status": "not run", "reason": str(exc)}
+    inputs = load_inputs(manifest.preprocessing(), data, limit)
+    return measure(runner, reference, inputs, request.precision)
+
+
+def _example_input(model: ResTV2, request: ExportRequest) -> torch.Tensor:
+    size = model.image_size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(request.batch_size, 3, size, size, generator=generator)
+    return (x * 60 + 120).clamp(0, 255) if request.raw_input else x
+
+
+def _make_workdir(output: Path) -> Path:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write to {output.parent}: {exc.strerror or exc}") from None
+
+
+def _publish(work: Path, output: Path) -> None:
+    """Rename the finished folder into place (replacing an old one only at the last moment)."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+    os.replace(work, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

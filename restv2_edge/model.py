@@ -1,0 +1,319 @@
+"""ResTv2 in export-friendly form.
+
+Same function as the official ``models/rest_v2.py`` (wofmanaf/ResT), rewritten so that every
+shape is fixed when the model is built: the input resolution is a constructor argument, token
+grids are Python constants, no tensor has rank > 4, and no reshape reads a shape at run time
+(the batch dimension is never touched by a reshape, so eager training still takes any batch).
+
+Differences in structure, not in function:
+- ``kv`` is split into ``k`` and ``v`` linears (no 5-D reshape/permute); see ``checkpoint.py``
+  for the key mapping to the official layout.
+- The V-upsampling branch (depthwise 3x3 conv + pixel shuffle) has a static factor and grid.
+
+One set of weights, two graph forms (``GraphForm``), chosen per target by measurement
+(docs/graph-forms.md):
+- ``native``: native LayerNorm, 4-D multi-head matmuls, native pixel shuffle (depth-to-space).
+- ``decomposed``: everything as linear/bmm/conv so that one XNNPACK delegate takes the whole
+  graph: LayerNorm statistics as ``F.linear`` by a constant 1/C row, per-head 3-D matmuls,
+  a rank-4 pixel shuffle (conv weights stored in (i, j, c) channel order), mean pooling as a
+  linear.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restv2_edge.config import ModelConfig, check_image_size
+from restv2_edge.errors import ConfigError
+
+LN_EPS = 1e-6
+
+
+class GraphForm(str, enum.Enum):
+    NATIVE = "native"
+    DECOMPOSED = "decomposed"
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dim; in the decomposed form its means are linears."""
+
+    def __init__(self, dim: int, form: GraphForm) -> None:
+        super().__init__(dim, eps=LN_EPS)
+        self.form = form
+        if form is GraphForm.DECOMPOSED:
+            self.register_buffer("mean_row", torch.full((1, dim), 1.0 / dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form is GraphForm.NATIVE:
+            return super().forward(x)
+        centered = x - F.linear(x, self.mean_row)
+        variance = F.linear(centered * centered, self.mean_row)
+        return centered * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+
+
+def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) feature map."""
+    return x.transpose(1, 2).unflatten(2, grid)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) feature map -> (B, H*W, C) tokens."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """EMSAv2: K/V from a strided depthwise conv + LayerNorm, plus an upsampled-V branch."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        grid: tuple[int, int],
+        form: GraphForm,
+    ) -> None:
+        super().__init__()
+        height, width = grid
+        if height % sr_ratio or width % sr_ratio:
+            raise ConfigError(f"sr ratio {sr_ratio} does not divide the {height}x{width} grid")
+        self.form = form
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dim = dim
+        self.sr_ratio = sr_ratio
+        self.grid = grid
+        self.reduced_grid = (height // sr_ratio, width // sr_ratio)
+
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(
+                dim, dim, sr_ratio + 1, stride=sr_ratio, padding=sr_ratio // 2, groups=dim
+            )
+            self.sr_norm = LayerNorm(dim, form)
+        up_channels = sr_ratio * sr_ratio * dim
+        # Decomposed form: input repeated r*r times, one filter per output channel, channels
+        # in (i, j, c) order -- same weight shape, rows permuted (checkpoint.py maps them).
+        up_in = dim if form is GraphForm.NATIVE else up_channels
+        self.up = nn.Conv2d(up_in, up_channels, 3, padding=1, groups=up_in)
+        self.up_norm = LayerNorm(dim, form)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x) * self.scale
+        if self.sr_ratio > 1:
+            x = map_to_tokens(self.sr(tokens_to_map(x, self.grid)))
+            x = self.sr_norm(x)
+        k = self.k(x)
+        v = self.v(x)
+        if self.form is GraphForm.NATIVE:
+            out = self._attend_4d(q, k, v)
+        else:
+            out = self._attend_3d(q, k, v)
+        identity = self._upsample(tokens_to_map(v, self.reduced_grid))
+        return self.proj(out + self.up_norm(identity))
+
+    def _attend_4d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        split = (self.num_heads, self.head_dim)
+        q = q.unflatten(2, split).transpose(1, 2)
+        k = k.unflatten(2, split).transpose(1, 2)
+        v = v.unflatten(2, split).transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return (attn @ v).transpose(1, 2).flatten(2)
+
+    def _attend_3d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for head in range(self.num_heads):
+            part = slice(head * self.head_dim, (head + 1) * self.head_dim)
+            if self.num_heads > 1:
+                qh, kh, vh = q[..., part], k[..., part], v[..., part]
+            else:
+                qh, kh, vh = q, k, v
+            attn = torch.bmm(qh, kh.transpose(1, 2)).softmax(dim=-1)
+            outs.append(torch.bmm(attn, vh))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def _upsample(self, v_map: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) reduced V -> (B, H*W, C) tokens at full resolution."""
+        r = self.sr_ratio
+        if r == 1:
+            return map_to_tokens(self.up(v_map))
+        if self.form is GraphForm.NATIVE:
+            return map_to_tokens(F.pixel_shuffle(self.up(v_map), r))
+        # Rank-4 pixel shuffle. Channels are (i, j, c); target token order (hh, i, ww, j) x c.
+        h, w = self.reduced_grid
+        dim = self.dim
+        y = self.up(v_map.repeat(1, r * r, 1, 1))  # (B, r*r*C, h, w)
+        y = y.flatten(2).unflatten(1, (r, r * dim))  # (B, i, (j c), (hh ww))
+        y = y.transpose(2, 3).flatten(2).unflatten(2, (h, w * r * dim))  # (B, i, hh, (ww j c))
+        y = y.transpose(1, 2).flatten(1)  # (B, hh i ww j c)
+        return y.unflatten(1, (h * r * w * r, dim))
+
+
+class Block(nn.Module):
+    def __init__(
+        self, dim: int, num_heads: int, sr_ratio: int, grid: tuple[int, int], form: GraphForm
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim, form)
+        self.attn = Attention(dim, num_heads, sr_ratio, grid, form)
+        self.norm2 = LayerNorm(dim, form)
+        self.mlp = Mlp(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PA(nn.Module):
+    """Pixel-attention positional gating: x * sigmoid(dwconv3x3(x))."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.pa_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.pa_conv(x))
+
+
+class ConvStem(nn.Module):
+    """Two stride-2 3x3 conv+BN+ReLU, a 1x1 projection, PA, LayerNorm: stride 4."""
+
+    def __init__(self, in_chans: int, out_dim: int, form: GraphForm) -> None:
+        super().__init__()
+        mid = out_dim // 2
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, mid, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, out_dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(out_dim),
+            nn.ReLU(),
+            nn.Conv2d(out_dim, out_dim, 1),
+        )
+        self.pos = PA(out_dim)
+        self.norm = LayerNorm(out_dim, form)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(map_to_tokens(self.pos(self.proj(x))))
+
+
+class PatchEmbed(nn.Module):
+    """Stride-2 3x3 conv, PA, LayerNorm."""
+
+    def __init__(self, in_dim: int, out_dim: int, form: GraphForm) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+        self.pos = PA(out_dim)
+        self.norm = LayerNorm(out_dim, form)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(map_to_tokens(self.pos(self.proj(x))))
+
+
+class ResTV2(nn.Module):
+    """ResTv2 classifier for a fixed input resolution. Input: (B, 3, S, S) normalized RGB."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        image_size: int = 224,
+        form: GraphForm | str = GraphForm.NATIVE,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = check_image_size(image_size)
+        self.form = form = GraphForm(form)
+        dims, heads, depths, ratios = (
+            config.embed_dims,
+            config.num_heads,
+            config.depths,
+            config.sr_ratios,
+        )
+        self.grids = [(image_size // s, image_size // s) for s in (4, 8, 16, 32)]
+
+        self.stem = ConvStem(config.in_chans, dims[0], form)
+        self.patch_2 = PatchEmbed(dims[0], dims[1], form)
+        self.patch_3 = PatchEmbed(dims[1], dims[2], form)
+        self.patch_4 = PatchEmbed(dims[2], dims[3], form)
+        for index in range(4):
+            blocks = [
+                Block(dims[index], heads[index], ratios[index], self.grids[index], form)
+                for _ in range(depths[index])
+            ]
+            self.add_module(f"stage{index + 1}", nn.ModuleList(blocks))
+        self.norm = LayerNorm(dims[3], form)
+        self.head = nn.Linear(dims[3], config.num_classes)
+        if form is GraphForm.DECOMPOSED:
+            tokens = math.prod(self.grids[3])
+            self.register_buffer(
+                "pool_row", torch.full((1, tokens), 1.0 / tokens), persistent=False
+            )
+        self.apply(_init_weights)
+        self.eval()
+
+    @property
+    def stages(self) -> list[nn.ModuleList]:
+        return [self.stage1, self.stage2, self.stage3, self.stage4]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> final-normed tokens (B, (S/32)^2, C4)."""
+        embeds = [self.stem, self.patch_2, self.patch_3, self.patch_4]
+        for index, (embed, stage) in enumerate(zip(embeds, self.stages)):
+            if index > 0:
+                x = tokens_to_map(x, self.grids[index - 1])
+            x = embed(x)
+            for block in stage:
+                x = block(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        if self.form is GraphForm.NATIVE:
+            pooled = x.mean(dim=1)
+        else:
+            pooled = F.linear(x.transpose(1, 2), self.pool_row).flatten(1)
+        return self.head(pooled)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class RawInput(nn.Module):
+    """Takes raw RGB 0-255 and normalizes inside the graph: x * (1/(255*std)) - mean/std."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("gain", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("offset", -mean_t / std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.gain + self.offset)
