@@ -1,0 +1,1 @@
+"""A numpy reference interpreter for the Core ML (MIL) programs restv2-edge exports."""

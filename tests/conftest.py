@@ -1,0 +1,121 @@
+"""Shared fixtures. Real data comes through ``shared_data`` only (RESTV2_EDGE_DATA overrides).
+
+Without the data, tests that need it skip with a reason -- except under CI (CI=true), where
+missing data is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from reference_restv2 import randomize_, reference_model  # noqa: E402
+
+from restv2_edge.checkpoint import save_checkpoint  # noqa: E402
+from restv2_edge.data import shared_data_root  # noqa: E402
+from restv2_edge.factory import create_model  # noqa: E402
+from restv2_edge.preprocess import Preprocessing  # noqa: E402
+
+FIXTURE_CHECKPOINT = Path(__file__).parent / "fixtures" / "restv2_cifar10.safetensors"
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+
+# A small custom config for tests that export many times (all four stages, sr 8/4/2/1).
+TINY_CONFIG = {
+    "embed_dims": [16, 32, 64, 128],
+    "num_heads": [1, 2, 4, 8],
+    "depths": [1, 1, 2, 1],
+    "sr_ratios": [8, 4, 2, 1],
+    "num_classes": 10,
+}
+TINY_IMAGE_SIZE = 64
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder (../shared/data beside the checkout, or $RESTV2_EDGE_DATA)."""
+    root = shared_data_root()
+    if not (root / "imagenet-sample" / "images").is_dir() or not (root / "cifar10").is_dir():
+        _missing(f"shared data not found at {root} (set RESTV2_EDGE_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_dir(shared_data: Path) -> Path:
+    return shared_data / "imagenet-sample" / "images"
+
+
+@pytest.fixture(scope="session")
+def cifar_test_tar(shared_data: Path) -> Path:
+    return shared_data / "cifar10" / "test.tar"
+
+
+@pytest.fixture(scope="session")
+def cifar_train_tar(shared_data: Path) -> Path:
+    return shared_data / "cifar10" / "train.tar"
+
+
+@pytest.fixture(scope="session")
+def fixture_checkpoint() -> Path:
+    """The committed CIFAR-10 ResTv2 (own format), used for every accuracy check."""
+    if not FIXTURE_CHECKPOINT.is_file():
+        pytest.fail(f"{FIXTURE_CHECKPOINT} is missing from the repository")
+    return FIXTURE_CHECKPOINT
+
+
+def official_checkpoint(path: Path, variant: str = "T", seed: int = 0, **overrides) -> Path:
+    """An official-layout .pth ({"model": state_dict}) with every tensor randomized."""
+    ref = randomize_(reference_model(variant, **overrides), seed)
+    torch.save({"model": ref.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Own-format checkpoint of TINY_CONFIG at 64x64, every tensor randomized."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    ref = randomize_(reference_model("custom", **TINY_CONFIG), seed=3)
+    model = create_model(TINY_CONFIG, TINY_IMAGE_SIZE)
+    from restv2_edge.checkpoint import load_official_into
+
+    load_official_into(model, ref.state_dict())
+    save_checkpoint(model, path, CIFAR10_CLASSES, Preprocessing(TINY_IMAGE_SIZE, crop_pct=1.0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def t_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Official-layout ResTv2-T .pth with every tensor randomized (ImageNet head)."""
+    return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "restv2_t.pth", "T", seed=1)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``restv2-edge ARGS`` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "restv2_edge.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+    )  # fmt: skip
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Non-zero exit, no traceback, one ``error:`` line naming the problem."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment.lower() in errors[0].lower(), errors[0]
