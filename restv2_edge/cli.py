@@ -168,6 +168,28 @@ class _TrainDisplay:
             self.out.print(line)
 
 
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--output", required=True, type=click.Path(), help="Folder for the golden vectors.")
+@click.option("--images", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(),
+    default=None,
+    help="Photo folder (default: the shared ImageNet sample).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def golden(artifact: str, output: str, images: int, data: str | None, force: bool) -> None:
+    """Golden vectors for the demo apps: photos, input tensors and the artifact's top-5."""
+    from restv2_edge.golden import write_golden
+
+    path, index = write_golden(artifact, output, images, data, force)
+    for entry in index["images"]:
+        best = entry["top5"][0]
+        click.echo(f"{entry['photo']}: {best['label']} ({best['probability']:.2%})")
+    console().print(f"wrote {path} ({len(index['images'])} images, {index['artifact']['runner']})")
+
+
 TARGET_NAMES = ["onnx", "openvino", "executorch", "coreml"]
 
 
@@ -364,6 +386,34 @@ def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> 
         click.echo(path)
         for entry in result:
             click.echo(f"  {entry['probability']:7.2%}  {entry['label']} ({entry['index']})")
+
+
+@main.command(name="eval")
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help="Labelled ImageFolder dir or tar.")
+@click.option("--split", default=None, help="Split folder inside --data (e.g. test).")
+@click.option("--limit", type=int, default=None, help="At most N images, spread over classes.")
+@click.option("--json", "json_file", type=click.Path(), default=None)
+def evaluate_command(model: str, data: str, split: str | None, limit: int | None,
+                     json_file: str | None) -> None:  # fmt: skip
+    """Top-1/top-5 of a checkpoint or an exported artifact on labelled images."""
+    from rich.progress import Progress
+
+    from restv2_edge.evaluate import evaluate
+
+    out = console()
+    with Progress(console=out, transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+
+        def update(event: dict[str, Any]) -> None:
+            bar.update(task, total=event["total"], completed=event["done"],
+                       description=f"eval top-1 {event['top1']:.3f}")  # fmt: skip
+
+        result = evaluate(model, data, split, limit, progress=update)
+    if json_file:
+        Path(json_file).write_text(json.dumps(result, indent=2) + "\n")
+    out.print(f"{result['runner']}: top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  "
+              f"on {result['images']} images ({result['skipped']} skipped)")  # fmt: skip
 
 
 def run() -> None:

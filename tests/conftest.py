@@ -103,7 +103,9 @@ def t_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "restv2_t.pth", "T", seed=1)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run ``restv2-edge ARGS`` in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "restv2_edge.cli", *map(str, args)],
