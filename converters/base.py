@@ -90,11 +90,17 @@ class Converter(abc.ABC):
             except ImportError:
                 raise BackendMissingError(package, self.extra) from None
 
+    def supported_precisions(self) -> tuple[str, ...]:
+        """Float precisions of this converter, plus int8 where calibration/ has a recipe."""
+        from restv2_edge.calibration.recipes import has_int8_recipe
+
+        return self.precisions + (("int8",) if has_int8_recipe(self.name) else ())
+
     def check_request(self, request: ExportRequest) -> None:
-        if request.precision not in self.precisions:
+        if request.precision not in self.supported_precisions():
             raise ExportError(
                 f"{self.name} cannot export precision {request.precision}; "
-                f"choose {', '.join(self.precisions)}"
+                f"choose {', '.join(self.supported_precisions())}"
             )
 
     def graph_form_for(self, request: ExportRequest) -> str:

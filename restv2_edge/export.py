@@ -101,7 +101,12 @@ def export_artifact(
         graph = artifact_model(model, form, request.raw_input)
         reference = artifact_model(model, "native", request.raw_input)
         example = _example_input(model, request)
-        result = converter.export(graph, example, work, request, progress)
+        if request.precision == "int8":
+            from restv2_edge.calibration.recipes import export_int8
+
+            result = export_int8(converter.name, graph, example, work, request, progress)
+        else:
+            result = converter.export(graph, example, work, request, progress)
         progress("write")
         manifest = build_manifest(model, target, request, result, form)
         manifest.write(work)
