@@ -190,6 +190,184 @@ def golden(artifact: str, output: str, images: int, data: str | None, force: boo
     console().print(f"wrote {path} ({len(index['images'])} images, {index['artifact']['runner']})")
 
 
+class _BenchCommand(click.Command):
+    """``bench --device ...`` hands its raw arguments to restv2_edge.gpu_bench (multi-value)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        gpu = any(a == "--device" or a.startswith("--device=") for a in args)
+        if gpu and not {"-h", "--help"} & set(args):
+            ctx.meta["gpu_bench_args"] = list(args)
+            args = []
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_BenchCommand)
+@click.argument("artifact_dir", nargs=-1, type=click.Path())
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per runtime (default: all usable cores).")  # fmt: skip
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per call (GPU mode: several, e.g. --batch 1 64 256).")  # fmt: skip
+@click.option("--json", "json_file", type=click.Path(), default=None, help="Write the report.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory subprocess per artifact.")
+@click.option("--matrix", is_flag=True, help="Export --variant to every installed target first.")
+@click.option("--variant", default=None,
+              help="T, S, B, L or a JSON config (default T or the checkpoint's).")  # fmt: skip
+@click.option("--image-size", type=int, default=None, help="GPU mode: several, e.g. 224 384.")
+@click.option("--weights", type=click.Path(), default=None, help="Checkpoint (--matrix).")
+@click.option("--int8", is_flag=True, help="Add int8 rows where the target has a recipe.")
+@click.option("--targets", default=None, help="Comma-separated subset (default: all installed).")
+@click.option("--calib", type=click.Path(), default=None, help="int8: a saved calibration set.")
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="int8: calibration images (default: the shared ImageNet sample).")  # fmt: skip
+@click.option("--calib-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--output", type=click.Path(), default="exports/bench", show_default=True,
+              help="Where --matrix writes its artifacts.")  # fmt: skip
+@click.option("--parity-data", type=click.Path(), default=None, help="Photos for parity.")
+@click.option("--parity-limit", type=int, default=16, show_default=True)
+@click.option("--accuracy-data", type=click.Path(), default=None,
+              help="Labelled data for the accuracy column (default: CIFAR-10 test for the "
+              "committed fixture checkpoint).")  # fmt: skip
+@click.option("--accuracy-split", default=None)
+@click.option("--accuracy-limit", type=int, default=500, show_default=True)
+@click.option("--plot", type=click.Path(), default=None, help="PNG: latency vs parity/accuracy.")
+@click.option("--markdown", type=click.Path(), default=None, help="Write the matrix as a doc.")
+@click.option("--device", default=None,
+              help="cuda (or cpu smoke run): PyTorch GPU reference numbers via "
+              "restv2_edge.gpu_bench; takes lists after --variant/--image-size/--batch/--dtype."
+              )  # fmt: skip
+@click.option("--dtype", default=None, help="GPU mode: fp32 tf32 fp16 bf16.")
+@click.option("--compile", "compile_model", is_flag=True, help="GPU mode: torch.compile.")
+@click.pass_context
+def bench(ctx: click.Context, artifact_dir: tuple[str, ...], **o: Any) -> None:
+    """Latency, throughput, size and peak memory of artifacts; --matrix; --device cuda."""
+    if "gpu_bench_args" in ctx.meta:
+        from restv2_edge.gpu_bench import main as gpu_main
+
+        gpu_main(ctx.meta["gpu_bench_args"])
+        return
+    from rich.console import Console
+
+    from restv2_edge import bench as benchmarks
+
+    out, table_out = console(), Console()
+    with out.status("bench...") as status:
+
+        def progress(step: str) -> None:
+            status.update(f"{step}...")
+
+        if o["matrix"]:
+            if artifact_dir:
+                raise click.UsageError("--matrix exports its own artifacts; give no ARTIFACT_DIR")
+            targets = [t.strip() for t in o["targets"].split(",")] if o["targets"] else None
+            report = benchmarks.run_matrix(
+                parse_variant(o["variant"]), o["image_size"], o["weights"], o["output"],
+                targets, o["int8"], o["threads"], o["warmup"], o["runs"], o["batch"],
+                o["parity_data"], o["parity_limit"], o["accuracy_data"], o["accuracy_split"],
+                o["accuracy_limit"], o["calib"], o["calib_data"], o["calib_size"],
+                progress=progress,
+            )  # fmt: skip
+        else:
+            if not artifact_dir:
+                raise click.UsageError("give ARTIFACT_DIR(s), or --matrix, or --device cuda")
+            if o["plot"] or o["markdown"]:
+                raise click.UsageError("--plot and --markdown need --matrix")
+            report = benchmarks.bench_artifacts(
+                list(artifact_dir), o["threads"], o["warmup"], o["runs"], o["batch"],
+                not o["no_memory"], progress,
+            )  # fmt: skip
+    if o["matrix"]:
+        if o["weights"] is None:
+            out.print("[yellow]random weights: parity is meaningful, accuracy is not[/]")
+        benchmarks.render_matrix(report, table_out)
+        for note in report["notes"]:
+            out.print(note)
+        if o["plot"]:
+            out.print(f"wrote {benchmarks.plot_matrix(report, o['plot'])}")
+        if o["markdown"]:
+            import shlex
+
+            command = "restv2-edge bench " + shlex.join(sys.argv[2:])
+            Path(o["markdown"]).write_text(benchmarks.matrix_doc(report, command))
+            out.print(f"wrote {o['markdown']}")
+    else:
+        benchmarks.render_artifacts(report, table_out)
+    if o["json_file"]:
+        Path(o["json_file"]).write_text(json.dumps(report, indent=2) + "\n")
+        out.print(f"wrote {o['json_file']}")
+
+
+@main.command()
+@click.option("--data", type=click.Path(), default=None, help="Image folder or tar to draw from.")
+@click.option("--size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Number of images.")  # fmt: skip
+@click.option("--image-size", type=int, default=None,
+              help="Input resolution (default: the checkpoint's, else 224).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weights", type=click.Path(), default=None,
+              help="Checkpoint (own format: its preprocessing); --sensitivity.")  # fmt: skip
+@click.option("--crop-pct", type=float, default=None, help="Default 0.875 or the checkpoint's.")
+@click.option("--mean", default=None, help="Three comma-separated floats (default ImageNet).")
+@click.option("--std", default=None, help="Three comma-separated floats (default ImageNet).")
+@click.option("--output", type=click.Path(), default=None, help="Calibration set folder.")
+@click.option("--sensitivity", is_flag=True,
+              help="Rank layers by the error their INT8 quantization alone causes.")  # fmt: skip
+@click.option("--calib", type=click.Path(), default=None,
+              help="--sensitivity: an existing calibration set instead of --data.")  # fmt: skip
+@click.option("--target", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="--sensitivity: whose quantizer to probe.")  # fmt: skip
+@click.option("--variant", default=None, help="--sensitivity: T, S, B, L or a JSON config.")
+@click.option("--top", type=int, default=10, show_default=True, help="--sensitivity: rows shown.")
+@click.option("--json", "json_file", type=click.Path(), default=None,
+              help="--sensitivity: write the ranking.")  # fmt: skip
+def calibrate(**o: Any) -> None:
+    """Build a reusable INT8 calibration set (or, with --sensitivity, rank layers)."""
+    import warnings
+
+    from restv2_edge.calibration.dataset import (
+        build_calibration_set,
+        calibration_preprocessing,
+        load_calibration_set,
+        save_calibration_set,
+    )
+
+    out = console()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if o["calib"]:
+            calib = load_calibration_set(o["calib"])
+        else:
+            if not o["data"]:
+                raise click.UsageError("give --data (or --calib with --sensitivity)")
+            pre = calibration_preprocessing(
+                o["weights"], o["image_size"], o["crop_pct"], o["mean"], o["std"]
+            )
+            with out.status(f"calibration set: {o['size']} images from {o['data']}..."):
+                calib = build_calibration_set(o["data"], o["size"], pre, o["seed"])
+            if o["output"]:
+                save_calibration_set(calib, o["output"])
+            elif not o["sensitivity"]:
+                raise click.UsageError("give --output for the calibration set")
+    for warning in caught:
+        out.print(f"[yellow]warning:[/] {warning.message}")
+    if calib.skipped:
+        out.print(f"skipped {len(calib.skipped)} corrupt: {', '.join(calib.skipped[:3])}")
+    if o["output"] and not o["calib"]:
+        size, digest = f"{calib.size} images, {calib.image_size}px", calib.content_hash[:19]
+        out.print(f"wrote {o['output']} ({size}, {digest})")
+    if o["sensitivity"]:
+        from restv2_edge.calibration.sensitivity import render_sensitivity, run_sensitivity
+
+        if not o["weights"]:
+            raise click.UsageError("--sensitivity needs --weights")
+        with out.status("sensitivity..."):
+            report = run_sensitivity(o["target"], parse_variant(o["variant"]), o["weights"], calib)
+        if o["json_file"]:
+            Path(o["json_file"]).write_text(json.dumps(report, indent=2) + "\n")
+        render_sensitivity(report, o["top"], click.echo)
+
+
 TARGET_NAMES = ["onnx", "openvino", "executorch", "coreml"]
 
 
@@ -272,6 +450,20 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 @click.option("--no-verify", is_flag=True, help="Keep the artifact even if parity fails.")
 @click.option("--parity-data", type=click.Path(), default=None, help="Photos for the parity gate.")
 @click.option("--parity-limit", type=int, default=16, show_default=True)
+@click.option("--int8", is_flag=True, help="INT8 post-training quantization (needs calibration).")
+@click.option("--calib", type=click.Path(), default=None,
+              help="--int8: a calibration set from restv2-edge calibrate.")  # fmt: skip
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="--int8: build the calibration set from this image folder or tar.")  # fmt: skip
+@click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="--int8: onnx ranges.")  # fmt: skip
+@click.option("--weights-only", is_flag=True,
+              help="--int8 coreml: int8 weights, float activations (no calibration).")  # fmt: skip
+@click.option("--max-drop", type=float, default=None,
+              help="--int8: keep layers float until the top-1 drop is <= P points.")  # fmt: skip
+@click.option("--accuracy-data", type=click.Path(), default=None,
+              help="--max-drop: held-back labelled data (default: CIFAR-10 test).")  # fmt: skip
 def export(**o: Any) -> None:
     """Export to a deployment format, verify it in its runtime, write manifest.json."""
     from restv2_edge.converters.base import ExportRequest, get_converter
@@ -280,15 +472,26 @@ def export(**o: Any) -> None:
     out = console()
     converter = get_converter(o["target"])
     converter.check_installed()
-    precision = o["precision"] or converter.default_precision
+    if o["int8"] and o["precision"]:
+        raise click.UsageError("--int8 and --precision exclude each other")
+    precision = "int8" if o["int8"] else o["precision"] or converter.default_precision
     options = {}
     if o["deployment_target"]:
         options["deployment_target"] = o["deployment_target"]
     request = ExportRequest(precision=precision, raw_input=o["raw_input"], options=options)
     converter.check_request(request)
+    if o["int8"]:
+        from restv2_edge.calibration.dataset import quantization_settings
+
+        request.quantization = quantization_settings(o)
     with StepProgress(out) as progress:
         progress("build")
         model = build_model(o["variant"], o["image_size"], o["weights"], out)
+        if o["int8"]:
+            from restv2_edge.calibration.dataset import request_calibration
+
+            progress("calibration set")
+            request.calibration = request_calibration(o, model.preprocessing, out.print)
         name = model_label(model)
         output = Path(o["output"] or f"exports/{name}-{o['target']}-{precision}")
         path, manifest = export_artifact(

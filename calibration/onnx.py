@@ -1,0 +1,162 @@
+"""ONNX INT8: onnxruntime static quantization (QDQ), per-channel int8 weights.
+
+Only MatMul, Conv and Gemm are quantized (``op_types_to_quantize``): Q/DQ pairs around every
+Add/Mul/LayerNorm/Softmax cost more on CPU than int8 saves (docs/int8.md). The fp32 graph is
+exported by converters/onnx.py and pre-processed (``quant_pre_process``: symbolic shapes +
+ORT graph optimizations) before quantizing. Activations are uint8 (asymmetric), weights int8
+(symmetric, per output channel): the U8S8 kernels of onnxruntime on x86 (VNNI).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from restv2_edge.calibration.dataset import calibration_batches, quantization_record
+from restv2_edge.calibration.pt2e import regroup
+
+from restv2_edge.errors import ExportError
+
+METHODS = ("minmax", "entropy", "percentile")
+OP_TYPES = ["MatMul", "Conv", "Gemm"]
+
+
+def quantize_onnx_file(
+    fp32_path: Path,
+    output: Path,
+    batches: list[np.ndarray],
+    input_name: str,
+    method: str = "minmax",
+    exclude: list[str] | None = None,
+    *,
+    only: list[str] | None = None,
+    cache: Path | None = None,
+    preprocess: bool = True,
+) -> None:
+    """fp32 ONNX file -> pre-processed, statically quantized QDQ file at ``output``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in METHODS:
+        raise ExportError(f"unknown calibration method {method!r}; choose {', '.join(METHODS)}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.items, None)
+            return None if batch is None else {input_name: batch}
+
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    with tempfile.TemporaryDirectory(prefix="restv2-ort-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            if not preprocess:
+                raise ValueError("already pre-processed")
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        except Exception:  # pre-processing is an optimization: fall back to the file
+            prepared = fp32_path
+        try:
+            quantize_static(
+                str(prepared),
+                str(output),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=OP_TYPES,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=list(only) if only else None,
+                nodes_to_exclude=list(exclude or []),
+                calibrate_method=calibrate,
+                extra_options={
+                    "ActivationSymmetric": False,
+                    "WeightSymmetric": True,
+                    "CalibMaxIntermediateOutputs": _flush_every(len(batches)),
+                    "CalibTensorRangeSymmetric": False,
+                },
+                calibration_cache_path=str(cache) if cache is not None else None,
+            )
+        except Exception as exc:
+            raise ExportError(f"onnxruntime quantize_static failed: {exc}") from exc
+
+
+def _flush_every(count: int) -> int:
+    """Calibration outputs kept in memory between flushes (bounded memory for T@224).
+
+    onnxruntime raises "No data is collected" when the count is a multiple of the flush size
+    (the last flush is empty), so pick a size that leaves a remainder.
+    """
+    for size in range(16, 7, -1):
+        if count % size:
+            return size
+    return count
+
+
+def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress: Any) -> Any:
+    """The converters/onnx.py fp32 export, then ORT static quantization into model.onnx."""
+    import onnx
+    from restv2_edge.converters.onnx import CONVERTER, INPUT_NAME, MODEL_FILE
+
+    method = request.quantization.get("method", "minmax")
+    batches = regroup(calibration_batches(model, request), request.batch_size)
+    fp32_request = copy.copy(request)
+    fp32_request.precision = "fp32"
+    result = CONVERTER.export(model, example, workdir, fp32_request, progress)
+    path = workdir / MODEL_FILE
+    fp32_path = workdir / "model.fp32.onnx"
+    path.rename(fp32_path)
+    progress("calibrate")
+    try:
+        quantize_onnx_file(
+            fp32_path, path, batches, INPUT_NAME, method, request.quantization.get("keep_float")
+        )
+    finally:
+        fp32_path.unlink(missing_ok=True)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    result.info = {**result.info, "nodes": len(proto.graph.node)}
+    result.quantization = quantization_record(
+        request,
+        method,
+        tool="onnxruntime.quantization.quantize_static",
+        format="QDQ",
+        activations="uint8 asymmetric per-tensor",
+        weights="int8 symmetric per-channel",
+        op_types=OP_TYPES,
+        quantize_linear_nodes=ops.get("QuantizeLinear", 0),
+    )
+    return result
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    """Names of the MatMul/Conv/Gemm nodes with a constant weight (sensitivity candidates)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {
+        out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    return [
+        node.name
+        for node in proto.graph.node
+        if node.op_type in OP_TYPES and any(name in constants for name in node.input[1:2])
+    ]

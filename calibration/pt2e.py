@@ -1,0 +1,66 @@
+"""PT2E post-training quantization with ExecuTorch's XNNPACKQuantizer (torchao pt2e flow).
+
+Shared by the ExecuTorch recipe (lowered to XNNPACK) and the Core ML W8A8 recipe (converted
+by coremltools): symmetric int8, per-channel weights, per-tensor static activations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from restv2_edge.errors import ExportError
+
+
+def quantize_pt2e(
+    model: Any, example: Any, batches: list[np.ndarray], keep_float: list[str] | None = None
+) -> Any:
+    """torch.export -> prepare_pt2e -> calibrate on ``batches`` -> convert_pt2e (a GraphModule).
+
+    ``keep_float``: module names (``model.named_modules``) left in float.
+    """
+    import torch
+
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as exc:
+        raise ExportError(
+            f"INT8 needs ExecuTorch's XNNPACKQuantizer and torchao pt2e: {exc}"
+        ) from None
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    for name in keep_float or []:
+        quantizer.set_module_name(name, None)
+    try:
+        with torch.no_grad():
+            graph = torch.export.export(model, (example,), strict=False).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            for batch in batches:
+                prepared(torch.from_numpy(batch))
+            return convert_pt2e(prepared)
+    except Exception as exc:
+        raise ExportError(f"PT2E quantization failed: {_first_line(exc)}") from exc
+
+
+def regroup(batches: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Single-image arrays regrouped to a static batch (remainder dropped)."""
+    if batch_size == 1:
+        return batches
+    groups = [
+        np.concatenate(batches[i : i + batch_size])
+        for i in range(0, len(batches) - batch_size + 1, batch_size)
+    ]
+    if not groups:
+        raise ExportError(f"calibration set has fewer images than the batch size {batch_size}")
+    return groups
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,499 @@
+"""Core ML: torch.export -> coremltools ML program (.mlpackage), run in Core ML or in numpy.
+
+- ML program (``convert_to="mlprogram"``), minimum deployment target iOS17 unless
+  ``options["deployment_target"]`` says otherwise (iOS16, iOS18, macOS14, ...).
+- fp16 compute precision by default (what GPU / Neural Engine run), fp32 on request; int8
+  as weight-only (``linear_quantize_weights``, activations fp16) or W8A8 (torchao PT2E with
+  ExecuTorch's XNNPACKQuantizer, then ``ct.convert``; needs ``request.calibration``).
+- float32 tensor input ``input`` (N, 3, S, S) and output ``logits``; with ``raw_input`` the
+  input is an RGB ImageType (scale 1, bias 0) and the per-channel normalization lives in the
+  graph (ImageType has no per-channel std).
+- Class labels, preprocessing and precision in the model's user-defined metadata (no
+  classifier output: ImageNet names repeat, and runners need the logits).
+- Native graph form: Core ML has native layer_norm, 4-D matmul and pixel_shuffle, and the
+  decomposed form does not convert (coremltools' fuse_linear_bias pass fails on it).
+- No tensor of rank > 4 anywhere in the saved program (checked, ExportError otherwise).
+
+Runner: Core ML itself (``MLModel.predict``) on macOS with the framework; elsewhere the
+restv2-edge MIL reference interpreter (``restv2_edge.converters.mil``), fp16-rounding where the
+program is fp16. ``RESTV2_EDGE_COREML_RUNNER`` = auto | coreml | interpreter forces one;
+``RESTV2_EDGE_COREML_COMPUTE_UNITS`` picks Core ML compute units (default ALL, CPU_ONLY for
+fp32 artifacts so fp32 is really fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from restv2_edge.converters.base import (
+    Converter,
+    ExportRequest,
+    ExportResult,
+    Progress,
+    Runner,
+)
+
+from restv2_edge.errors import ExportError, RunnerUnavailableError
+
+MODEL_FILE = "model.mlpackage"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEFAULT_TARGET = "iOS17"
+MAX_RANK = 4
+RUNNER_ENV = "RESTV2_EDGE_COREML_RUNNER"
+UNITS_ENV = "RESTV2_EDGE_COREML_COMPUTE_UNITS"
+INT8_SCHEMES = ("weights", "w8a8")
+METADATA_PREFIX = "restv2_edge."
+
+
+# -- runners ------------------------------------------------------------------------------------
+
+
+def coreml_framework_available() -> bool:
+    """True on macOS with coremltools' native bindings (MLModel.predict works)."""
+    if platform.system() != "Darwin":
+        return False
+    try:
+        return importlib.util.find_spec("coremltools.libcoremlpython") is not None
+    except ImportError:
+        return False
+
+
+def _to_pixels(x: np.ndarray) -> np.ndarray:
+    """Float NCHW 0..255 -> the uint8 values an RGB ImageType receives."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+class CoreMLRunner(Runner):
+    """The Core ML framework (macOS) through coremltools' MLModel."""
+
+    def __init__(
+        self, path: Path, batch_size: int, image_input: bool, compute_units: str
+    ) -> None:
+        import coremltools as ct
+
+        super().__init__(batch_size)
+        if compute_units not in ct.ComputeUnit.__members__:
+            raise RunnerUnavailableError(
+                f"unknown Core ML compute units {compute_units!r}; "
+                f"choose {', '.join(ct.ComputeUnit.__members__)}"
+            )
+        try:
+            self.model = ct.models.MLModel(
+                str(path), compute_units=ct.ComputeUnit[compute_units]
+            )
+        except Exception as exc:
+            raise RunnerUnavailableError(f"Core ML cannot load {path.name}: {exc}") from exc
+        self.image_input = image_input
+        self.description = (
+            f"coremltools {ct.__version__} MLModel (Core ML framework, {compute_units})"
+        )
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        if not self.image_input:
+            return np.asarray(self.model.predict({INPUT_NAME: x})[OUTPUT_NAME], np.float32)
+        from PIL import Image
+
+        outputs = []
+        for pixels in _to_pixels(x):
+            image = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), "RGB")
+            outputs.append(np.asarray(self.model.predict({INPUT_NAME: image})[OUTPUT_NAME]))
+        return np.concatenate(outputs).astype(np.float32)
+
+
+class InterpreterRunner(Runner):
+    """The restv2-edge MIL reference interpreter (numpy), fp16-rounding where typed fp16."""
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        from restv2_edge.converters.mil import Program
+
+        super().__init__(batch_size)
+        self.program = Program.load(path)
+        features = {f.name: f for f in self.program.package.inputs}
+        self.image_input = features.get(INPUT_NAME) is not None and (
+            features[INPUT_NAME].kind == "image"
+        )
+        self.fp16 = any(t.dtype == "fp16" for t in self.program.types.values())
+        mode = "fp16 rounding" if self.fp16 else "fp32"
+        self.description = f"restv2-edge MIL reference interpreter (numpy, {mode})"
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        if self.image_input:
+            x = _to_pixels(x).astype(np.float32)
+        outputs = self.program.run({INPUT_NAME: x}, fp16=self.fp16)
+        return outputs[OUTPUT_NAME].astype(np.float32)
+
+
+# -- converter ---------------------------------------------------------------------------------
+
+
+class CoreMLConverter(Converter):
+    name = "coreml"
+    extra = "coreml"
+    packages = ("coremltools",)
+    precisions = ("fp16", "fp32", "int8")
+    default_precision = "fp16"
+    graph_form = "native"
+    suffix = ".mlpackage"
+
+    def check_request(self, request: ExportRequest) -> None:
+        super().check_request(request)
+        deployment_target(request.options.get("deployment_target", DEFAULT_TARGET))
+        if request.raw_input and request.batch_size != 1:
+            raise ExportError("Core ML image inputs take one image: use batch size 1 with raw input")
+        if request.precision == "int8":
+            scheme = int8_scheme(request)
+            if scheme == "w8a8" and request.calibration is None:
+                raise ExportError("Core ML int8 w8a8 needs calibration images")
+
+    def export(
+        self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
+    ) -> ExportResult:
+        import coremltools as ct
+        import torch
+
+        self.check_request(request)
+        target_name, target = deployment_target(
+            request.options.get("deployment_target", DEFAULT_TARGET)
+        )
+        scheme = int8_scheme(request) if request.precision == "int8" else None
+        minimum = {"weights": "iOS16", "w8a8": "iOS17"}.get(scheme or "", "iOS15")
+        if target < ct.target.__members__[minimum]:
+            raise ExportError(
+                f"Core ML {request.precision}{f' {scheme}' if scheme else ''} needs a deployment "
+                f"target of at least {minimum}, got {target_name}"
+            )
+        graph = model
+        quantization = None
+        if scheme == "w8a8":
+            progress("quantize")
+            graph, count = _pt2e_quantize(model, example, request)
+            quantization = {
+                "scheme": "w8a8",
+                "method": "torchao PT2E + ExecuTorch XNNPACKQuantizer (symmetric, per-channel)",
+                "weights": "int8 per-channel",
+                "activations": "int8 per-tensor",
+                "calibration_images": count,
+            }
+        try:
+            program = torch.export.export(graph, (example,)).run_decompositions({})
+        except Exception as exc:
+            raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
+        progress("convert")
+        if request.raw_input:
+            inputs = [
+                ct.ImageType(
+                    name=INPUT_NAME,
+                    shape=tuple(example.shape),
+                    color_layout=ct.colorlayout.RGB,
+                    scale=1.0,
+                    bias=[0.0, 0.0, 0.0],
+                )
+            ]
+        else:
+            inputs = [ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)]
+        precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
+        try:
+            with _quiet():
+                mlmodel = ct.convert(
+                    program,
+                    inputs=inputs,
+                    outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+                    convert_to="mlprogram",
+                    minimum_deployment_target=target,
+                    compute_precision=precision,
+                    skip_model_load=True,
+                )
+                if scheme == "weights":
+                    mlmodel, quantization = _quantize_weights(mlmodel, request)
+        except Exception as exc:
+            raise ExportError(f"coremltools conversion failed: {_first_line(exc)}") from exc
+        _describe(mlmodel, model, request, target_name)
+        path = workdir / MODEL_FILE
+        mlmodel.save(str(path))
+        progress("check")
+        info = check_program(path)
+        info.update(
+            {
+                "deployment_target": target_name,
+                "compute_precision": "fp32" if request.precision == "fp32" else "fp16",
+                "input_type": "image (RGB, 0-255)" if request.raw_input else "tensor float32",
+            }
+        )
+        return ExportResult(
+            model_file=MODEL_FILE,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            versions=_versions(scheme),
+            info=info,
+            quantization=quantization,
+        )
+
+    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+        self.check_installed()
+        path = Path(folder) / manifest.model_file
+        choice = os.environ.get(RUNNER_ENV, "auto").strip().lower() or "auto"
+        if choice not in ("auto", "coreml", "interpreter"):
+            raise RunnerUnavailableError(
+                f"{RUNNER_ENV}={choice!r}: choose auto, coreml or interpreter"
+            )
+        if choice in ("auto", "coreml") and coreml_framework_available():
+            units = os.environ.get(UNITS_ENV) or (
+                "CPU_ONLY" if manifest.precision == "fp32" else "ALL"
+            )
+            return CoreMLRunner(path, manifest.batch_size, manifest.raw_input, units)
+        if choice == "coreml":
+            raise RunnerUnavailableError(
+                f"the Core ML framework is not available here (needs macOS); "
+                f"{RUNNER_ENV}=coreml rules out the MIL interpreter"
+            )
+        try:
+            return InterpreterRunner(path, manifest.batch_size)
+        except ImportError as exc:
+            raise RunnerUnavailableError(f"the MIL interpreter cannot start: {exc}") from exc
+
+
+# -- export helpers -----------------------------------------------------------------------------
+
+
+def deployment_target(name: str) -> tuple[str, Any]:
+    """(canonical name, ct.target member) for iOS16 / ios17 / macOS14 / ...; ML programs only."""
+    import coremltools as ct
+
+    members = ct.target.__members__
+    lookup = {key.lower(): key for key in members}
+    key = lookup.get(str(name).strip().lower())
+    if key is None:
+        raise ExportError(
+            f"unknown Core ML deployment target {name!r}; "
+            f"choose e.g. iOS16, iOS17, iOS18, macOS13, macOS14, macOS15"
+        )
+    target = members[key]
+    if target < ct.target.iOS15:
+        raise ExportError(f"ML programs need iOS15 / macOS12 or newer, got {key}")
+    return key, target
+
+
+def int8_scheme(request: ExportRequest) -> str:
+    scheme = str(request.quantization.get("scheme", "weights")).lower()
+    if scheme not in INT8_SCHEMES:
+        raise ExportError(
+            f"unknown Core ML int8 scheme {scheme!r}; choose {', '.join(INT8_SCHEMES)}"
+        )
+    return scheme
+
+
+def _quantize_weights(mlmodel: Any, request: ExportRequest) -> tuple[Any, dict[str, Any]]:
+    """int8 weights (per output channel, symmetric); activations stay fp16."""
+    import coremltools as ct
+
+    threshold = int(request.quantization.get("weight_threshold", 2048))
+    config = ct.optimize.coreml.OptimizationConfig(
+        global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
+            mode="linear_symmetric",
+            dtype="int8",
+            granularity="per_channel",
+            weight_threshold=threshold,
+        )
+    )
+    quantized = ct.optimize.coreml.linear_quantize_weights(mlmodel, config=config)
+    record = {
+        "scheme": "weights",
+        "method": "coremltools linear_quantize_weights (linear_symmetric, per_channel)",
+        "weights": "int8 per-channel",
+        "activations": "fp16",
+        "weight_threshold": threshold,
+    }
+    return quantized, record
+
+
+def _pt2e_quantize(model: Any, example: Any, request: ExportRequest) -> tuple[Any, int]:
+    """The model with int8 weights and activations as a PT2E graph (quantize/dequantize ops)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    batches = calibration_batches(request.calibration, tuple(example.shape))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    try:
+        captured = torch.export.export(model, (example,)).module()
+        prepared = prepare_pt2e(captured, quantizer)
+        with torch.no_grad():
+            for batch in batches:
+                prepared(batch)
+        converted = convert_pt2e(prepared)
+        fold_scalar_dequantize(converted)
+        return converted, sum(len(b) for b in batches)
+    except Exception as exc:
+        raise ExportError(f"PT2E int8 quantization failed: {_first_line(exc)}") from exc
+
+
+def fold_scalar_dequantize(graph_module: Any) -> int:
+    """Replace dequantized rank-0 constants (e.g. attention's q-scale) by their float value.
+
+    coremltools 9 folds ``dequantize_per_tensor`` of a constant scalar as
+    ``scale * (q - zero_point)`` in int8 numpy arithmetic, which wraps around (q=127,
+    zero_point=-128 gives -1 instead of 255): the attention scale 0.25 became -0.00098.
+    The MIL interpreter's parity check caught it. Returns how many were folded.
+    """
+    import torch
+
+    folded = 0
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or "dequantize_per_tensor" not in str(node.target):
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "get_attr":
+            continue
+        value = _get_attr(graph_module, source.target)
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            continue
+        args = [_get_attr(graph_module, a.target) if isinstance(a, torch.fx.Node) else a
+                for a in node.args]
+        number = float(node.target(*args, **node.kwargs))
+        for user in list(node.users):
+            user.args = tuple(number if a is node else a for a in user.args)
+        graph.erase_node(node)
+        folded += 1
+    if folded:
+        graph.eliminate_dead_code()
+        graph_module.recompile()
+    return folded
+
+
+def _get_attr(module: Any, target: str) -> Any:
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def calibration_batches(calibration: Any, shape: tuple[int, ...]) -> list[Any]:
+    """Calibration images, as the artifact input expects them, in batches of the static shape.
+
+    Accepts an array / tensor (N, 3, S, S), an object with such an ``images`` attribute, or an
+    iterable of (3, S, S) / (n, 3, S, S) arrays.
+    """
+    import torch
+
+    images = getattr(calibration, "images", calibration)
+    if images is None:
+        raise ExportError("int8 w8a8 needs calibration images")
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        items = [np.asarray(images, np.float32)]
+    else:
+        items = [np.asarray(item, np.float32) for item in images]
+    arrays = [item[None] if item.ndim == 3 else item for item in items]
+    if not arrays:
+        raise ExportError("the calibration set is empty")
+    data = np.concatenate(arrays)
+    if data.shape[1:] != shape[1:]:
+        raise ExportError(f"calibration images have shape {data.shape[1:]}, expected {shape[1:]}")
+    batch = shape[0]
+    batches = []
+    for start in range(0, len(data), batch):
+        chunk = data[start : start + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, data[: batch - len(chunk)]])
+        batches.append(torch.from_numpy(np.ascontiguousarray(chunk)))
+    return batches
+
+
+def _inner_model(model: Any) -> Any:
+    """The ResTV2 inside a RawInput wrapper (or the model itself)."""
+    return getattr(model, "model", model) if not hasattr(model, "config") else model
+
+
+def _describe(mlmodel: Any, model: Any, request: ExportRequest, target: str) -> None:
+    """Author, descriptions and restv2-edge metadata (labels, preprocessing, precision)."""
+    from restv2_edge import __version__
+
+    inner = _inner_model(model)
+    config = getattr(inner, "config", None)
+    labels = getattr(inner, "class_names", None)
+    if labels is None and config is not None:
+        labels = [str(i) for i in range(config.num_classes)]
+    pre = getattr(inner, "preprocessing", None)
+    mlmodel.author = "restv2-edge"
+    mlmodel.version = __version__
+    mlmodel.short_description = (
+        "ResTv2 image classifier: logits over "
+        f"{len(labels) if labels else 'the'} classes (labels in metadata {METADATA_PREFIX}labels)"
+    )
+    if request.raw_input:
+        mlmodel.input_description[INPUT_NAME] = "RGB image; normalization is inside the model"
+    else:
+        mlmodel.input_description[INPUT_NAME] = (
+            "float32 NCHW RGB, (rgb/255 - mean) / std per channel (see metadata)"
+        )
+    mlmodel.output_description[OUTPUT_NAME] = "class logits (softmax for probabilities)"
+    meta = mlmodel.user_defined_metadata
+    meta[METADATA_PREFIX + "version"] = __version__
+    meta[METADATA_PREFIX + "precision"] = request.precision
+    meta[METADATA_PREFIX + "deployment_target"] = target
+    meta[METADATA_PREFIX + "raw_input"] = json.dumps(bool(request.raw_input))
+    if labels is not None:
+        meta[METADATA_PREFIX + "labels"] = json.dumps(list(labels))
+    if config is not None:
+        meta[METADATA_PREFIX + "config"] = json.dumps(config.to_dict())
+    if pre is not None:
+        meta[METADATA_PREFIX + "preprocessing"] = json.dumps(
+            pre.raw().to_dict() if request.raw_input else pre.to_dict()
+        )
+
+
+def check_program(path: Path) -> dict[str, Any]:
+    """Read the saved program back: no tensor of rank > 4; op counts for the manifest."""
+    from restv2_edge.converters.mil import op_counts, read_spec, tensor_ranks
+
+    spec = read_spec(path)
+    for name, rank in tensor_ranks(spec):
+        if rank > MAX_RANK:
+            raise ExportError(f"Core ML program value {name!r} has rank {rank} > {MAX_RANK}")
+    counts = op_counts(spec)
+    fn = spec.mlProgram.functions["main"]
+    return {
+        "opset": fn.opset,
+        "specification_version": int(spec.specificationVersion),
+        "ops": sum(n for op, n in counts.items() if op != "const"),
+        "op_types": {op: n for op, n in counts.items() if op != "const"},
+    }
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """coremltools draws tqdm bars on stderr; the CLI owns progress display."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _versions(scheme: str | None) -> dict[str, str]:
+    import coremltools
+
+    versions = {"coremltools": coremltools.__version__}
+    if scheme == "w8a8":
+        from importlib.metadata import PackageNotFoundError, version
+
+        for package in ("executorch", "torchao"):
+            with contextlib.suppress(PackageNotFoundError):
+                versions[package] = version(package)
+    return versions
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+CONVERTER = CoreMLConverter()

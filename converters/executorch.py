@@ -1,0 +1,292 @@
+"""ExecuTorch: torch.export -> XNNPACK-lowered program (model.pte), run by executorch.runtime.
+
+Lowering is ``to_edge_transform_and_lower`` with the XNNPACK partitioner on the model's
+"decomposed" graph form (docs/graph-forms.md): LayerNorm as linears, per-head 3-D bmm,
+rank-4 pixel shuffle. XNNPACK has no ``repeat``; the decomposed pixel shuffle repeats the
+reduced V map r*r times along channels, so before lowering every ``aten.repeat`` is
+rewritten as a broadcast multiply by ones (exact; XNNPACK takes it).
+The whole network then lands in one delegate.
+
+The export records the delegation in ``ExportResult.info["delegation"]`` and refuses
+(ExportError) a program whose compute-heavy ops (conv, linear, matmul, softmax, norms...)
+are not all inside the delegate: those would run on slow portable kernels.
+
+fp16 is not offered: see docs/graph-forms.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from restv2_edge.converters.base import (
+    Converter,
+    ExportRequest,
+    ExportResult,
+    Progress,
+    Runner,
+)
+
+from restv2_edge.errors import ArtifactError, ExportError
+
+MODEL_FILE = "model.pte"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BACKEND = "XnnpackBackend"
+#: ops that must never run outside the delegate (edge op names without the overload)
+HEAVY_OPS = frozenset(
+    {
+        "aten.convolution",
+        "aten.linear",
+        "aten.addmm",
+        "aten.mm",
+        "aten.bmm",
+        "aten.matmul",
+        "aten._softmax",
+        "aten.softmax",
+        "aten.native_layer_norm",
+        "aten.layer_norm",
+        "aten._native_batch_norm_legit_no_training",
+        "aten.gelu",
+        "aten.pixel_shuffle",
+        "aten.mean",
+        "aten.sum",
+    }
+)
+_BOOKKEEPING = {"getitem", "executorch_call_delegate"}
+
+
+class ExecuTorchRunner(Runner):
+    """Runs model.pte through the executorch.runtime Python bindings.
+
+    ``threads`` resizes the bindings' one process-wide XNNPACK threadpool
+    (``_unsafe_reset_threadpool``): it applies to every ExecuTorch program in the process.
+    """
+
+    def __init__(self, path: Path, batch_size: int, threads: int | None = None) -> None:
+        import executorch
+        from executorch.runtime import Runtime
+
+        super().__init__(batch_size)
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(int(threads))
+        runtime = Runtime.get()
+        if not runtime.backend_registry.is_available(BACKEND):
+            raise ArtifactError(f"this executorch build has no {BACKEND}")
+        self.program = runtime.load_program(path)
+        self.method = self.program.load_method("forward")
+        if self.method is None:
+            raise ArtifactError(f"{path}: no forward method")
+        version = getattr(executorch, "__version__", None) or _version()
+        self.description = f"ExecuTorch {version} (XNNPACK delegate, executorch.runtime)"
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(x))])
+        return outputs[0].numpy()
+
+
+class ExecuTorchConverter(Converter):
+    name = "executorch"
+    extra = "executorch"
+    packages = ("executorch",)
+    precisions = ("fp32",)
+    # Measured (docs/graph-forms.md): one XNNPACK delegate, faster than the native form.
+    graph_form = "decomposed"
+    suffix = ".pte"
+
+    def export(
+        self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
+    ) -> ExportResult:
+        program, summary = lower(model, example)
+        progress("lower")
+        check_delegation(summary)
+        (workdir / MODEL_FILE).write_bytes(program.buffer)
+        return ExportResult(
+            model_file=MODEL_FILE,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            versions={"executorch": _version()},
+            info={"backend": BACKEND, "delegation": summary},
+        )
+
+    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+        self.check_installed()
+        path = folder / manifest.model_file
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: missing {manifest.model_file}")
+        return ExecuTorchRunner(path, manifest.batch_size, threads)
+
+
+def lower(model: Any, example: Any) -> tuple[Any, dict[str, Any]]:
+    """torch.export + XNNPACK lowering -> (ExecutorchProgramManager, delegation summary)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(model, (example,), strict=False)
+        exported = repeat_as_broadcast(exported)
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        summary = delegation_summary(edge.exported_program())
+        program = edge.to_executorch()
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"executorch lowering failed: {_first_line(exc)}") from exc
+    return program, summary
+
+
+def repeat_as_broadcast(program: Any) -> Any:
+    """Rewrite every ``aten.repeat`` of ``program`` (in place) as a broadcast multiply.
+
+    XNNPACK has no repeat, and its partitioner rejects ``cat([x, x])`` (one distinct input).
+    Repeating dim d n times is ``(x.unsqueeze(d) * ones).flatten(d, d + 1)`` (views) with ``ones``
+    of size n at d and 1 elsewhere, done in x's memory order (permutes around it when x is
+    not contiguous): exact, and every op runs inside XNNPACK. The ones are added as lifted
+    constants of the program (ExecuTorch's backend-transform helper).
+    """
+    import torch
+    from executorch.backends.transforms.utils import create_constant_placeholder
+    from torch.export.graph_signature import InputKind
+
+    aten = torch.ops.aten
+    graph = program.graph
+    nodes = [n for n in graph.nodes if n.op == "call_function" and n.target is aten.repeat.default]
+    if not nodes:
+        return program
+    first_user_input = next(
+        node
+        for node, spec in zip(graph.find_nodes(op="placeholder"), program.graph_signature.input_specs)
+        if spec.kind == InputKind.USER_INPUT
+    )
+    for node in nodes:
+        x, repeats = node.args[0], [int(r) for r in node.args[1]]
+        value = x.meta["val"]
+        if len(repeats) != value.dim():
+            raise ExportError(f"executorch: unsupported repeat {repeats} of a {value.dim()}-D value")
+        # Work in x's memory order (a free permute), so the multiply's output is contiguous
+        # and merging the broadcast dim into its neighbour stays a view.
+        order = [int(d) for d in value.dim_order()]
+        inverse = [order.index(d) for d in range(len(order))]
+        with graph.inserting_before(node):
+            result = x
+            if order != sorted(order):
+                result = _call(graph, aten.permute.default, result, order)
+        for position, dim in enumerate(order):
+            count = repeats[dim]
+            if count == 1:
+                continue
+            shape = [1] * (value.dim() + 1)
+            shape[position] = count
+            name = "repeat_ones_" + "x".join(map(str, shape))
+            with graph.inserting_before(first_user_input):
+                ones = create_constant_placeholder(
+                    program, graph, name, InputKind.CONSTANT_TENSOR, torch.ones(shape)
+                )
+            with graph.inserting_before(node):
+                expanded = list(result.meta["val"].shape)
+                expanded.insert(position, 1)
+                result = _call(graph, aten.view.default, result, expanded)
+                result = _call(graph, aten.mul.Tensor, result, ones)
+                merged = list(result.meta["val"].shape)
+                merged[position : position + 2] = [merged[position] * merged[position + 1]]
+                result = _call(graph, aten.view.default, result, merged)
+        if order != sorted(order):
+            with graph.inserting_before(node):
+                result = _call(graph, aten.permute.default, result, inverse)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
+def _call(graph: Any, op: Any, *args: Any) -> Any:
+    """A new graph node with its fake-tensor metadata."""
+    import torch
+
+    node = graph.call_function(op, args)
+    values = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+    node.meta["val"] = op(*values)
+    return node
+
+
+def _op_name(node: Any) -> str:
+    target = node.target
+    name = getattr(target, "__name__", None) or str(target)
+    if hasattr(target, "_op"):  # EdgeOpOverload -> "aten.bmm.default"
+        name = str(target._op)
+    return name
+
+
+def _base_name(op: str) -> str:
+    """aten.bmm.default -> aten.bmm"""
+    parts = op.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 3 else op
+
+
+def delegation_summary(program: Any) -> dict[str, Any]:
+    """How much of the lowered graph runs inside XNNPACK delegates."""
+    graph_module = program.graph_module
+    delegated = 0
+    segments = 0
+    outside: Counter[str] = Counter()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node)
+        if name == "executorch_call_delegate":
+            segments += 1
+            lowered = getattr(graph_module, node.args[0].target)
+            inner = lowered.original_module.graph_module.graph
+            delegated += sum(
+                1
+                for n in inner.nodes
+                if n.op == "call_function" and _op_name(n) not in _BOOKKEEPING
+            )
+        elif name not in _BOOKKEEPING:
+            outside[name] += 1
+    total = delegated + sum(outside.values())
+    return {
+        "delegate_segments": segments,
+        "delegated_ops": delegated,
+        "total_ops": total,
+        "delegated_share": round(delegated / total, 6) if total else 0.0,
+        "not_delegated": dict(sorted(outside.items())),
+    }
+
+
+def check_delegation(summary: dict[str, Any]) -> None:
+    """Raise if a compute-heavy op would run outside the XNNPACK delegate."""
+    heavy = sorted(op for op in summary["not_delegated"] if _base_name(op) in HEAVY_OPS)
+    if heavy:
+        raise ExportError(
+            "executorch: compute-heavy ops left outside the XNNPACK delegate: " + ", ".join(heavy)
+        )
+    if summary["delegate_segments"] == 0:
+        raise ExportError("executorch: nothing was delegated to XNNPACK")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("executorch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+CONVERTER = ExecuTorchConverter()

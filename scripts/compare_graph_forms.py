@@ -1,0 +1,339 @@
+"""Graph forms per runtime: project artifacts vs the official-structure reference, interleaved.
+
+For ResTv2-T (random weights, the same for every graph) at 224, batch 1, this exports
+
+- ``reference``: tests/reference_restv2.py's official-structure model, exported the plain way
+  with each toolchain's defaults (torch.onnx dynamo / ov.convert_model / torch.export + XNNPACK);
+- ``native`` and ``decomposed``: the project model in each graph form, through the project's
+  converter for that runtime (the one the converter picks is the *project artifact*, exported
+  with ``restv2_edge.export.export_artifact``, parity gate included, and timed);
+
+then runs all artifacts of one runtime interleaved (round r runs them in rotated order, one
+inference each, a short pause between runs so no thread pool is still spinning) through the
+project's runner classes with the same thread count, and reports medians and the ratio
+project / reference. Writes a JSON record and a markdown table (docs/graph-forms.md takes
+its numbers from here).
+
+    python scripts/compare_graph_forms.py                     # 20 interleaved runs each
+    python scripts/compare_graph_forms.py --runs 50 --runtimes executorch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from reference_restv2 import randomize_, reference_model  # noqa: E402
+
+from restv2_edge.checkpoint import load_official_into  # noqa: E402
+from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
+from restv2_edge.export import artifact_model, build_manifest, export_artifact  # noqa: E402
+from restv2_edge.factory import create_model  # noqa: E402
+
+RUNTIMES = ("onnx", "openvino", "executorch")
+FORMS = ("native", "decomposed")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "avx_vnni",
+)
+
+
+def machine() -> dict[str, object]:
+    """lscpu model name and the ISA flags that matter for these runtimes."""
+    info: dict[str, object] = {"platform": platform.platform()}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        text = ""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    info["model_name"] = fields.get("Model name", "unknown").strip()
+    info["cpus"] = fields.get("CPU(s)", "?").strip()
+    flags = set(fields.get("Flags", "").split())
+    info["isa"] = [flag for flag in ISA_FLAGS if flag in flags]
+    try:
+        info["loadavg_1m_at_start"] = float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        pass
+    return info
+
+
+def build_models(seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(reference, project) ResTv2-T@224 with the same random weights."""
+    reference = randomize_(reference_model("T"), seed)
+    project = create_model("T", 224)
+    load_official_into(project, reference.state_dict())
+    return reference.eval(), project.eval()
+
+
+def example_input() -> torch.Tensor:
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+# -- plain exports of the reference model (each toolchain's defaults) ----------------------
+
+
+def export_reference(runtime: str, model: torch.nn.Module, folder: Path) -> Path:
+    example = example_input()
+    folder.mkdir(parents=True, exist_ok=True)
+    if runtime == "onnx":
+        path = folder / "reference.onnx"
+        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False)
+    elif runtime == "openvino":
+        import openvino as ov
+
+        path = folder / "reference.xml"
+        converted = ov.convert_model(model, example_input=example)
+        ov.save_model(converted, str(path), compress_to_fp16=False)
+    else:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
+        from executorch.exir import to_edge_transform_and_lower
+
+        path = folder / "reference.pte"
+        exported = torch.export.export(model, (example,))
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+# -- project artifacts ---------------------------------------------------------------------
+
+
+def export_project(runtime: str, model: torch.nn.Module, folder: Path) -> tuple[Path, float]:
+    """The converter's own choice through the full pipeline (parity gate included), timed."""
+    start = time.perf_counter()
+    export_artifact(model, runtime, folder, ExportRequest(), force=True, parity_limit=8)
+    return folder, time.perf_counter() - start
+
+
+def export_form(runtime: str, model: torch.nn.Module, form: str, folder: Path) -> Path:
+    """The project model in ``form`` through the converter, without the pipeline's gate."""
+    converter = get_converter(runtime)
+    request = ExportRequest()
+    folder.mkdir(parents=True, exist_ok=True)
+    graph = artifact_model(model, form, False)
+    if runtime == "executorch":
+        # The converter refuses graphs with heavy ops outside the delegate (the native form
+        # is one); measure it anyway, lowered the same way.
+        from restv2_edge.converters.executorch import MODEL_FILE, lower
+
+        program, summary = lower(graph, example_input())
+        (folder / MODEL_FILE).write_bytes(program.buffer)
+        from restv2_edge.converters.base import ExportResult
+
+        result = ExportResult(MODEL_FILE, "input", "logits", info={"delegation": summary})
+    elif runtime == "onnx":
+        # As the converter exports, minus its static-graph check (the decomposed form's
+        # repeat becomes an ONNX Expand, which that check refuses).
+        from restv2_edge.converters.base import ExportResult
+        from restv2_edge.converters.onnx import INPUT_NAME, MODEL_FILE, OPSET, OUTPUT_NAME
+
+        program = torch.onnx.export(
+            graph,
+            (example_input(),),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            external_data=False,
+        )
+        program.save(str(folder / MODEL_FILE))
+        result = ExportResult(MODEL_FILE, INPUT_NAME, OUTPUT_NAME)
+    else:
+        result = converter.export(graph, example_input(), folder, request, lambda step: None)
+    build_manifest(model, runtime, request, result, form).write(folder)
+    return folder
+
+
+def runner_for(runtime: str, path: Path, threads: int):
+    """The project's runner class for ``path`` (an artifact folder or a bare model file)."""
+    if path.is_dir():
+        from restv2_edge.manifest import Manifest
+
+        manifest = Manifest.read(path)
+        return get_converter(runtime).load(path, manifest, threads)
+    if runtime == "onnx":
+        from restv2_edge.converters.onnx import OnnxRunner
+
+        return OnnxRunner(path, 1, threads)
+    if runtime == "openvino":
+        from restv2_edge.converters.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, 1, "f32", threads)
+    from restv2_edge.converters.executorch import ExecuTorchRunner
+
+    return ExecuTorchRunner(path, 1, threads)
+
+
+def delegation(path: Path) -> dict[str, object] | None:
+    """ExecuTorch delegate summary of a folder's manifest (project artifacts only)."""
+    if not path.is_dir():
+        return None
+    from restv2_edge.manifest import Manifest
+
+    return Manifest.read(path).export.get("delegation")
+
+
+def interleaved(runners: dict[str, object], runs: int, warmup: int, pause: float) -> dict:
+    """Median latency (ms) of each runner, runs alternated round by round."""
+    x = example_input().numpy()
+    names = list(runners)
+    outputs = {}
+    for name in names:
+        for _ in range(warmup):
+            outputs[name] = runners[name](x)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(runs):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(pause)
+            start = time.perf_counter()
+            runners[name](x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: {
+            "median_ms": statistics.median(values),
+            "min_ms": min(values),
+            "runs": len(values),
+            "max_abs_diff_vs_reference": float(
+                np.abs(outputs[name] - outputs[names[0]]).max()
+            ),
+        }
+        for name, values in times.items()
+    }
+
+
+def compare_runtime(
+    runtime: str,
+    reference: torch.nn.Module,
+    project: torch.nn.Module,
+    work: Path,
+    args: argparse.Namespace,
+) -> dict[str, object]:
+    converter = get_converter(runtime)
+    chosen = converter.graph_form_for(ExportRequest())
+    paths: dict[str, Path] = {"reference": export_reference(runtime, reference, work / "ref")}
+    project_path, seconds = export_project(runtime, project, work / "project")
+    for form in FORMS:
+        if form == chosen:
+            paths[form] = project_path
+        else:
+            paths[form] = export_form(runtime, project, form, work / form)
+    runners = {name: runner_for(runtime, path, args.threads) for name, path in paths.items()}
+    timings = interleaved(runners, args.runs, args.warmup, args.pause)
+    base = timings["reference"]["median_ms"]
+    for name in timings:
+        timings[name]["ratio_vs_reference"] = timings[name]["median_ms"] / base
+        info = delegation(paths[name])
+        if info is not None:
+            timings[name]["delegation"] = info
+    return {
+        "runtime": runners["reference"].description,
+        "chosen_form": chosen,
+        "project_export_seconds": round(seconds, 1),
+        "project_over_reference": timings[chosen]["ratio_vs_reference"],
+        "artifacts": timings,
+    }
+
+
+def markdown(record: dict[str, object]) -> str:
+    m = record["machine"]
+    lines = [
+        f"Machine: {m['model_name']} ({m['cpus']} CPUs; ISA: {', '.join(m['isa'])}); "
+        f"threads {record['threads']}; load average at start {m.get('loadavg_1m_at_start')}; "
+        f"{record['runs']} interleaved runs per artifact, medians.",
+        "",
+        "| runtime | artifact | median ms | / reference | max abs dlogit vs reference | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for runtime, entry in record["results"].items():
+        for name, t in entry["artifacts"].items():
+            label = name if name == "reference" else f"project, {name}"
+            if name == entry["chosen_form"]:
+                label += " (chosen)"
+            note = ""
+            if "delegation" in t:
+                d = t["delegation"]
+                note = (
+                    f"{d['delegate_segments']} delegate(s), "
+                    f"{d['delegated_share']:.1%} of ops delegated"
+                )
+            lines.append(
+                f"| {runtime} | {label} | {t['median_ms']:.1f} | "
+                f"{t['ratio_vs_reference']:.3f} | {t['max_abs_diff_vs_reference']:.1e} | {note} |"
+            )
+    lines.append("")
+    lines.append("Export time of the project artifact (export_artifact, parity gate on 8 photos):")
+    for runtime, entry in record["results"].items():
+        lines.append(f"- {runtime}: {entry['project_export_seconds']} s")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pause", type=float, default=0.02, help="Seconds between runs.")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="Write the record here.")
+    parser.add_argument("--markdown", type=Path, default=None, help="Write the table here.")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    record: dict[str, object] = {
+        "machine": machine(),
+        "model": "ResTv2-T, 224x224, batch 1, fp32, random weights",
+        "threads": args.threads,
+        "runs": args.runs,
+        "versions": {"torch": torch.__version__},
+        "results": {},
+    }
+    reference, project = build_models(args.seed)
+    with tempfile.TemporaryDirectory(prefix="graph-forms-") as tmp:
+        for runtime in args.runtimes:
+            print(f"{runtime}: exporting and timing...", file=sys.stderr, flush=True)
+            record["results"][runtime] = compare_runtime(
+                runtime, reference, project, Path(tmp) / runtime, args
+            )
+            record["machine"][f"loadavg_1m_after_{runtime}"] = float(
+                Path("/proc/loadavg").read_text().split()[0]
+            )
+            if args.json:  # keep what is done if a later runtime fails
+                args.json.write_text(json.dumps(record, indent=2) + "\n")
+    text = markdown(record)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

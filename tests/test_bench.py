@@ -1,0 +1,235 @@
+"""restv2-edge bench: artifacts, the export matrix, and the GPU reference path (CPU smoke)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, assert_one_line_error, run_cli
+from restv2_edge.converters.base import ExportRequest, get_converter, installed_targets
+
+from restv2_edge import bench
+from restv2_edge.errors import RunnerUnavailableError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_JSON = json.dumps(TINY_CONFIG)
+# Everything the GPU path must run without: a plain checkout with torch and numpy only.
+BLOCKED = ("click", "rich", "safetensors", "PIL", "onnx", "onnxruntime", "openvino",
+           "executorch", "coremltools", "matplotlib", "restv2_edge.converters")  # fmt: skip
+pytestmark = pytest.mark.skipif("onnx" not in installed_targets(), reason="onnx not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    from restv2_edge.export import export_artifact
+    from restv2_edge.factory import create_model
+
+    model = create_model(weights=tiny_checkpoint)
+    folder = tmp_path_factory.mktemp("bench") / "tiny-onnx"
+    export_artifact(model, "onnx", folder, ExportRequest(), parity_limit=2)
+    return folder
+
+
+# -- pieces --------------------------------------------------------------------------------------
+
+
+def test_summarize_median_p90_throughput() -> None:
+    stats = bench.summarize([i / 1000 for i in range(1, 11)], batch=4)  # 1..10 ms
+    assert stats["runs"] == 10
+    assert stats["median_ms"] == pytest.approx(5.5)
+    assert stats["p90_ms"] == pytest.approx(9.1)  # linear interpolation between 9 and 10
+    assert stats["min_ms"] == pytest.approx(1.0)
+    assert stats["images_per_s"] == pytest.approx(4 / 0.0055)
+
+
+def test_round_robin_interleaves_every_round() -> None:
+    calls: list[str] = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = bench.time_round_robin(candidates, warmup=2, runs=3, progress=lambda s: None)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    rounds = [calls[i : i + 3] for i in range(0, len(calls), 3)]
+    assert len(rounds) == 5 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len({r[0] for r in rounds}) == 3  # the start rotates
+
+
+def test_machine_info_names_cpu_and_isa() -> None:
+    info = bench.machine_info()
+    assert info["cpu"] and info["usable_cores"] >= 1
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        line = next(x for x in text.splitlines() if x.startswith(("flags", "Features")))
+        flags = set(line.split(":", 1)[1].split())
+        assert set(info["isa"]) == {f for f in bench.ISA_FLAGS if f in flags}
+        assert info["usable_cores"] == len(os.sched_getaffinity(0))
+
+
+def test_floors_and_rates() -> None:
+    rates = {"fp32": 1e11, "bf16": 4e11, "fp16": 2e11, "int8": 8e11}
+    assert bench.rate_for("fp16", rates) == ("bf16", 4e11)
+    assert bench.rate_for("int8", rates) == ("int8", 8e11)
+    assert bench.floor_ms(4_000_000_000, 2, 1e11) == pytest.approx(160.0)
+    assert bench.floor_ms(1, 1, None) is None
+    measured = bench.peak_rates(threads=1, size=128, reps=1)
+    assert measured["fp32"] and measured["fp32"] > 1e8  # any CPU does > 0.1 GFLOP/s
+
+
+def test_plot_without_matplotlib_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(RunnerUnavailableError, match="matplotlib"):
+        bench.plot_matrix({"rows": []}, tmp_path / "x.png")
+
+
+# -- artifacts -----------------------------------------------------------------------------------
+
+
+def test_bench_artifacts_cli(tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", tiny_onnx, "--threads", "1", "--warmup", "1", "--runs", "3",
+                     "--batch", "2", "--json", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "tiny-onnx" in result.stdout and "onnx" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["versions"]["onnxruntime"] == onnxruntime.__version__
+    assert report["machine"]["cpu"] and report["settings"]["batch"] == 2
+    (row,) = report["rows"]
+    on_disk = sum(p.stat().st_size for p in tiny_onnx.iterdir() if p.name != "manifest.json")
+    assert row["size_mb"] == pytest.approx(on_disk / 1e6)
+    assert row["runs"] == 3 and 0 < row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
+    assert row["images_per_s"] == pytest.approx(2e3 / row["median_ms"])
+    assert "onnxruntime" in row["runner"]
+    memory = row["memory"]
+    assert memory["peak_rss_mb"] > memory["load_run_mb"] > 0
+
+
+def test_bench_errors_are_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("bench"), "ARTIFACT_DIR")
+    assert_one_line_error(run_cli("bench", tmp_path / "missing"), "missing")
+
+
+# -- the matrix ------------------------------------------------------------------------------------
+
+
+def test_matrix_tiny(tiny_checkpoint: Path, cifar_test_tar: Path, tmp_path: Path) -> None:
+    targets = ["onnx"]
+    out, png, doc = tmp_path / "m.json", tmp_path / "m.png", tmp_path / "cpu.md"
+    result = run_cli(
+        "bench", "--matrix", "--weights", tiny_checkpoint, "--int8", "--targets", ",".join(targets),
+        "--threads", "1", "--warmup", "1", "--runs", "2", "--parity-limit", "4",
+        "--calib-size", "4", "--accuracy-data", cifar_test_tar, "--accuracy-limit", "20",
+        "--output", tmp_path / "x", "--json", out, "--plot", png, "--markdown", doc,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    rows = {row["key"]: row for row in report["rows"]}
+    expected = {"pytorch/fp32"}
+    for target in targets:
+        supported = get_converter(target).supported_precisions()
+        expected |= {f"{target}/{p}" for p in ("fp32", "fp16", "int8") if p in supported}
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert row["status"] in ("ok", "reference"), (key, row.get("error"))
+        assert row["median_ms"] > 0 and row["speedup_vs_eager"] > 0
+        assert row["floor_ms"] > 0
+        assert 0.0 <= row["accuracy"]["top1"] <= 1.0 and row["accuracy"]["images"] == 20
+        parity = row["parity"]
+        assert parity["cosine_mean"] is not None and parity["top1_agreement"] is not None
+    fp32 = rows["onnx/fp32"]
+    assert fp32["parity"]["status"] == "passed" and fp32["parity"]["cosine_min"] > 0.9999
+    # same function, same images: the fp32 artifact classifies like PyTorch eager
+    assert fp32["accuracy"]["top1"] == rows["pytorch/fp32"]["accuracy"]["top1"]
+    assert report["model"]["macs"] > 0 and report["peak_rates"]["fp32"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = doc.read_text()
+    assert report["machine"]["cpu"] in text and "bench --matrix" in text
+    assert "| onnx | fp32 |" in text
+
+
+@pytest.mark.slow
+def test_matrix_every_installed_target(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    result = run_cli("bench", "--matrix", "--weights", tiny_checkpoint, "--int8", "--threads", "1",
+                     "--warmup", "1", "--runs", "2", "--parity-limit", "4", "--calib-size", "8",
+                     "--output", tmp_path / "x", "--json", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    for target in installed_targets():
+        for precision in get_converter(target).supported_precisions():
+            if precision in ("fp32", "fp16", "int8"):
+                assert any(r["key"] == f"{target}/{precision}" for r in rows)
+
+
+# -- GPU reference path ----------------------------------------------------------------------
+
+BLOCKER = """
+import importlib.abc, runpy, sys
+BLOCKED = {blocked!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ImportError(f"blocked import: {{name}}")
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = ["gpu_bench", *{argv!r}]
+try:
+    runpy.run_module("restv2_edge.gpu_bench", run_name="__main__")
+finally:
+    loaded = sorted(m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in BLOCKED))
+    assert not loaded, loaded
+"""
+
+
+def run_blocked(*argv: str) -> subprocess.CompletedProcess:
+    """gpu_bench as ``PYTHONPATH=. python -m restv2_edge.gpu_bench`` with extras unimportable."""
+    code = BLOCKER.format(blocked=BLOCKED, argv=list(argv))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=900)  # fmt: skip
+
+
+def test_gpu_bench_cpu_smoke_needs_only_torch_numpy(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    result = run_blocked(
+        "--device", "cpu", "--variant", TINY_JSON, "--image-size", str(TINY_IMAGE_SIZE),
+        "--batch", "1", "2", "--dtype", "fp32", "bf16", "--warmup", "0", "--runs", "1",
+        "--matmul-size", "128", "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(r["variant"], r["dtype"], r["batch"]) for r in rows] == [
+        ("custom", d, b) for d in ("fp32", "bf16") for b in (1, 2)
+    ]
+    for row in rows:
+        assert row["images_per_s"] == pytest.approx(row["batch"] * 1e3 / row["median_ms"])
+        assert row["floor_ms"] > 0 and row["paper_v100_img_s"] is None  # 64 px: no paper figure
+    assert "paper V100" in result.stdout
+
+
+def test_gpu_bench_without_cuda_is_one_line() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    result = run_blocked("--device", "cuda", "--variant", "T", "S", "--batch", "1", "64")
+    assert_one_line_error(result, "no CUDA GPU")
+    via_cli = run_cli("bench", "--device", "cuda", "--variant", "T", "S", "B", "L",
+                      "--image-size", "224", "384", "--batch", "1", "64", "256",
+                      "--dtype", "fp32", "tf32", "fp16", "bf16", "--compile")  # fmt: skip
+    assert_one_line_error(via_cli, "no CUDA GPU")
+
+
+def test_gpu_macs_match_published_t() -> None:
+    from restv2_edge.config import VARIANTS
+    from restv2_edge.gpu_bench import PAPER_V100, model_macs
+    from restv2_edge.model import ResTV2
+
+    macs = model_macs(ResTV2(VARIANTS["T"], 224))
+    assert macs == pytest.approx(4.1e9, rel=0.03)  # paper: 4.1 GMACs at 224
+    assert PAPER_V100[224]["T"] == 826 and PAPER_V100[384]["L"] == 141

@@ -1,0 +1,50 @@
+"""Accuracy checks on the committed CIFAR-10 ResTv2 fixture (real trained weights)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CIFAR10_CLASSES, run_cli
+
+from restv2_edge.evaluate import evaluate
+from restv2_edge.factory import create_model
+from restv2_edge.manifest import Manifest
+
+# Core ML runs through the numpy MIL interpreter on Linux: a class-balanced subset keeps it quick.
+LIMITS = {"onnx": None, "openvino": None, "executorch": None, "coreml": 1000}
+
+
+@pytest.fixture(scope="module")
+def pytorch_accuracy(fixture_checkpoint, cifar_test_tar):
+    return {limit: evaluate(fixture_checkpoint, cifar_test_tar, limit=limit)
+            for limit in set(LIMITS.values())}  # fmt: skip
+
+
+def test_fixture_is_small_and_self_describing(fixture_checkpoint):
+    assert fixture_checkpoint.stat().st_size <= 10 * 1024 * 1024
+    model = create_model(weights=fixture_checkpoint)
+    assert model.class_names == CIFAR10_CLASSES
+    assert model.image_size == 64
+    assert model.config.sr_ratios == (8, 4, 2, 1) and len(model.config.depths) == 4
+
+
+def test_fixture_reaches_80_percent(pytorch_accuracy):
+    result = pytorch_accuracy[None]
+    assert result["images"] == 5000
+    assert result["top1"] >= 0.80, result
+
+
+@pytest.mark.parametrize("target", list(LIMITS))
+def test_fp32_artifacts_keep_accuracy(target, tmp_path, fixture_checkpoint, cifar_test_tar,
+                                      pytorch_accuracy):  # fmt: skip
+    out = tmp_path / target
+    result = run_cli("export", "--target", target, "--weights", fixture_checkpoint,
+                     "--precision", "fp32", "--output", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = Manifest.read(out)
+    assert manifest.labels == CIFAR10_CLASSES and manifest.variant is None
+    assert manifest.image_size == 64
+    limit = LIMITS[target]
+    artifact = evaluate(out, cifar_test_tar, limit=limit)
+    reference = pytorch_accuracy[limit]
+    assert artifact["images"] == reference["images"]
+    assert abs(artifact["top1"] - reference["top1"]) <= 0.001, (artifact, reference)
