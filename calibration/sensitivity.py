@@ -93,6 +93,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def rank_layers(quantizer: OnnxQuantizer, images: np.ndarray) -> list[dict[str, Any]]:
     """Every quantizable layer with the logits error its quantization alone causes."""
     reference = quantizer.logits(quantizer.session(quantizer.fp32_path), images)
+    if not quantizer.cache.is_file():  # calibrate every tensor once, before single layers
+        quantizer.quantize().unlink(missing_ok=True)
     rows = []
     for node in quantizer.nodes:
         path = quantizer.quantize(only=[node])

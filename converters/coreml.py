@@ -29,6 +29,7 @@ import io
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,7 @@ def _to_pixels(x: np.ndarray) -> np.ndarray:
 class CoreMLRunner(Runner):
     """The Core ML framework (macOS) through coremltools' MLModel."""
 
-    def __init__(
-        self, path: Path, batch_size: int, image_input: bool, compute_units: str
-    ) -> None:
+    def __init__(self, path: Path, batch_size: int, image_input: bool, compute_units: str) -> None:
         import coremltools as ct
 
         super().__init__(batch_size)
@@ -87,9 +86,7 @@ class CoreMLRunner(Runner):
                 f"choose {', '.join(ct.ComputeUnit.__members__)}"
             )
         try:
-            self.model = ct.models.MLModel(
-                str(path), compute_units=ct.ComputeUnit[compute_units]
-            )
+            self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[compute_units])
         except Exception as exc:
             raise RunnerUnavailableError(f"Core ML cannot load {path.name}: {exc}") from exc
         self.image_input = image_input
@@ -118,9 +115,7 @@ class InterpreterRunner(Runner):
         super().__init__(batch_size)
         self.program = Program.load(path)
         features = {f.name: f for f in self.program.package.inputs}
-        self.image_input = features.get(INPUT_NAME) is not None and (
-            features[INPUT_NAME].kind == "image"
-        )
+        self.image_input = getattr(features.get(INPUT_NAME), "kind", "") == "image"
         self.fp16 = any(t.dtype == "fp16" for t in self.program.types.values())
         mode = "fp16 rounding" if self.fp16 else "fp32"
         self.description = f"restv2-edge MIL reference interpreter (numpy, {mode})"
@@ -139,7 +134,8 @@ class CoreMLConverter(Converter):
     name = "coreml"
     extra = "coreml"
     packages = ("coremltools",)
-    precisions = ("fp16", "fp32", "int8")
+    #: int8 comes through calibration/coreml.py (Converter.supported_precisions)
+    precisions = ("fp16", "fp32")
     default_precision = "fp16"
     graph_form = "native"
     suffix = ".mlpackage"
@@ -148,7 +144,9 @@ class CoreMLConverter(Converter):
         super().check_request(request)
         deployment_target(request.options.get("deployment_target", DEFAULT_TARGET))
         if request.raw_input and request.batch_size != 1:
-            raise ExportError("Core ML image inputs take one image: use batch size 1 with raw input")
+            raise ExportError(
+                "Core ML image inputs take one image: use batch size 1 with raw input"
+            )
         if request.precision == "int8":
             scheme = int8_scheme(request)
             if scheme == "w8a8" and request.calibration is None:
@@ -184,7 +182,9 @@ class CoreMLConverter(Converter):
                 "calibration_images": count,
             }
         try:
-            program = torch.export.export(graph, (example,)).run_decompositions({})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+                program = torch.export.export(graph, (example,)).run_decompositions({})
         except Exception as exc:
             raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
         progress("convert")
@@ -325,7 +325,9 @@ def _pt2e_quantize(model: Any, example: Any, request: ExportRequest) -> tuple[An
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batches = calibration_batches(request.calibration, tuple(example.shape))
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
     try:
         captured = torch.export.export(model, (example,)).module()
         prepared = prepare_pt2e(captured, quantizer)
@@ -360,8 +362,10 @@ def fold_scalar_dequantize(graph_module: Any) -> int:
         value = _get_attr(graph_module, source.target)
         if not isinstance(value, torch.Tensor) or value.dim() != 0:
             continue
-        args = [_get_attr(graph_module, a.target) if isinstance(a, torch.fx.Node) else a
-                for a in node.args]
+        args = [
+            _get_attr(graph_module, a.target) if isinstance(a, torch.fx.Node) else a
+            for a in node.args
+        ]
         number = float(node.target(*args, **node.kwargs))
         for user in list(node.users):
             user.args = tuple(number if a is node else a for a in user.args)

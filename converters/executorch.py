@@ -16,7 +16,6 @@ fp16 is not offered: see docs/graph-forms.md.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -164,14 +163,18 @@ def repeat_as_broadcast(program: Any) -> Any:
         return program
     first_user_input = next(
         node
-        for node, spec in zip(graph.find_nodes(op="placeholder"), program.graph_signature.input_specs)
+        for node, spec in zip(
+            graph.find_nodes(op="placeholder"), program.graph_signature.input_specs
+        )
         if spec.kind == InputKind.USER_INPUT
     )
     for node in nodes:
         x, repeats = node.args[0], [int(r) for r in node.args[1]]
         value = x.meta["val"]
         if len(repeats) != value.dim():
-            raise ExportError(f"executorch: unsupported repeat {repeats} of a {value.dim()}-D value")
+            raise ExportError(
+                f"executorch: unsupported repeat {repeats} of a {value.dim()}-D value"
+            )
         # Work in x's memory order (a free permute), so the multiply's output is contiguous
         # and merging the broadcast dim into its neighbour stays a view.
         order = [int(d) for d in value.dim_order()]
@@ -186,10 +189,14 @@ def repeat_as_broadcast(program: Any) -> Any:
                 continue
             shape = [1] * (value.dim() + 1)
             shape[position] = count
-            name = "repeat_ones_" + "x".join(map(str, shape))
+            name = f"repeat_ones_{str(value.dtype)[6:]}_" + "x".join(map(str, shape))
             with graph.inserting_before(first_user_input):
                 ones = create_constant_placeholder(
-                    program, graph, name, InputKind.CONSTANT_TENSOR, torch.ones(shape)
+                    program,
+                    graph,
+                    name,
+                    InputKind.CONSTANT_TENSOR,
+                    torch.ones(shape, dtype=value.dtype),
                 )
             with graph.inserting_before(node):
                 expanded = list(result.meta["val"].shape)

@@ -4,8 +4,8 @@ Every latency comes from the same runners parity uses (``restv2_edge.artifact.op
 Measurements are interleaved round-robin across everything being compared, so a noisy,
 shared machine slows all candidates alike and the ratios stay fair.
 
-Peak memory is the RSS high-water mark (``ru_maxrss``) of a fresh subprocess per artifact that
-opens the artifact and runs the warm-up plus the timed batches; ``load_run_mb`` is that mark
+Peak memory is the RSS high-water mark (Linux ``VmHWM``, else ``ru_maxrss``) of a fresh
+subprocess per artifact that opens the artifact and runs two batches; ``load_run_mb`` is that mark
 minus the process RSS just before the artifact was opened (runtime import + model + arenas).
 
 Floors: model MACs (``restv2_edge.complexity``) over the peak rate torch reaches on a large
@@ -189,16 +189,29 @@ def artifact_bytes(manifest: Any) -> int:
 # -- peak memory (fresh subprocess) ------------------------------------------------------------
 
 
-def _rss_bytes() -> int:
+def _status_bytes(field: str) -> int | None:
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    return 0
+    return None
+
+
+def _rss_bytes() -> int:
+    return _status_bytes("VmRSS") or 0
 
 
 def _maxrss_bytes() -> int:
+    """This process's RSS high-water mark.
+
+    Linux: VmHWM, which starts afresh at exec. (``ru_maxrss`` does not: it keeps the
+    high-water of the forking parent across fork + exec, so a probe started from a process
+    that already holds big models would report the parent's peak.)
+    """
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -307,8 +320,8 @@ def bench_artifacts(
 
 
 MEMORY_METHOD = (
-    "ru_maxrss of a fresh subprocess per artifact (open + warm-up + 2 batches); "
-    "load_run_mb = that minus the RSS just before opening"
+    "RSS high-water (Linux VmHWM; else ru_maxrss) of a fresh subprocess per artifact "
+    "(open + 2 batches); load_run_mb = that minus the RSS just before opening"
 )
 
 
@@ -640,7 +653,11 @@ def _calibration(model: Any, calib: Any, calib_data: Any, calib_size: int, notes
         if not Path(calib_data).is_dir():
             raise DataError(f"int8 needs calibration images: --calib-data ({calib_data} missing)")
     options = {"calib": calib, "calib_data": calib_data, "calib_size": calib_size}
-    found = request_calibration(options, model.preprocessing, notes.append)
+
+    def note(text: str) -> None:  # calibration reports in rich markup; the doc wants text
+        notes.append(text.replace("[yellow]", "").replace("[/]", ""))
+
+    found = request_calibration(options, model.preprocessing, note)
     notes.append(f"int8 calibration: {found.summary()}")
     return found
 

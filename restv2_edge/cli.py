@@ -251,7 +251,8 @@ def bench(ctx: click.Context, artifact_dir: tuple[str, ...], **o: Any) -> None:
 
     from restv2_edge import bench as benchmarks
 
-    out, table_out = console(), Console()
+    # tables go to stdout; piped output is not squeezed to 80 columns
+    out, table_out = console(), Console(width=None if sys.stdout.isatty() else 160)
     with out.status("bench...") as status:
 
         def progress(step: str) -> None:

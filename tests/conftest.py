@@ -16,12 +16,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reference_restv2 import randomize_, reference_model  # noqa: E402
+from reference_restv2 import randomize_, reference_model
 
-from restv2_edge.checkpoint import save_checkpoint  # noqa: E402
-from restv2_edge.data import shared_data_root  # noqa: E402
-from restv2_edge.factory import create_model  # noqa: E402
-from restv2_edge.preprocess import Preprocessing  # noqa: E402
+from restv2_edge.checkpoint import save_checkpoint
+from restv2_edge.data import shared_data_root
+from restv2_edge.factory import create_model
+from restv2_edge.preprocess import Preprocessing
 
 FIXTURE_CHECKPOINT = Path(__file__).parent / "fixtures" / "restv2_cifar10.safetensors"
 CIFAR10_CLASSES = [

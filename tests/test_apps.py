@@ -71,7 +71,10 @@ def _need_web(browser: bool) -> None:
 
 
 def _export(checkpoint: Path, target: str, output: Path) -> Path:
-    result = run_cli("export", "--target", target, "--weights", checkpoint, "--output", output)
+    # about a minute for ExecuTorch on 2 idle cores; far longer when other jobs share them
+    result = run_cli(
+        "export", "--target", target, "--weights", checkpoint, "--output", output, timeout=1800
+    )
     assert result.returncode == 0, result.stderr
     return output
 

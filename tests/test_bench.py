@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, assert_one_line_error, run_cli
 from restv2_edge.converters.base import ExportRequest, get_converter, installed_targets
@@ -75,7 +76,8 @@ def test_floors_and_rates() -> None:
     assert bench.floor_ms(4_000_000_000, 2, 1e11) == pytest.approx(160.0)
     assert bench.floor_ms(1, 1, None) is None
     measured = bench.peak_rates(threads=1, size=128, reps=1)
-    assert measured["fp32"] and measured["fp32"] > 1e8  # any CPU does > 0.1 GFLOP/s
+    assert set(measured) == {"fp32", "bf16", "fp16", "int8"}
+    assert measured["fp32"] and measured["fp32"] > 1e6  # even a starved CPU core does 1 MFLOP/s
 
 
 def test_plot_without_matplotlib_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -108,6 +110,14 @@ def test_bench_artifacts_cli(tiny_onnx: Path, tmp_path: Path) -> None:
     assert memory["peak_rss_mb"] > memory["load_run_mb"] > 0
 
 
+def test_peak_memory_is_the_child_not_the_parent(tiny_onnx: Path) -> None:
+    ballast = np.ones(400 * 2**20 // 8)  # this process now holds > 400 MB
+    probe = bench.peak_memory(tiny_onnx, threads=1, batch=1, calls=1)
+    assert probe["peak_rss_mb"] < 400, probe  # ru_maxrss would inherit this process's peak
+    assert probe["peak_rss_mb"] > probe["load_run_mb"] > 0
+    del ballast
+
+
 def test_bench_errors_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("bench"), "ARTIFACT_DIR")
     assert_one_line_error(run_cli("bench", tmp_path / "missing"), "missing")
@@ -122,7 +132,7 @@ def test_matrix_tiny(tiny_checkpoint: Path, cifar_test_tar: Path, tmp_path: Path
     result = run_cli(
         "bench", "--matrix", "--weights", tiny_checkpoint, "--int8", "--targets", ",".join(targets),
         "--threads", "1", "--warmup", "1", "--runs", "2", "--parity-limit", "4",
-        "--calib-size", "4", "--accuracy-data", cifar_test_tar, "--accuracy-limit", "20",
+        "--calib-size", "4", "--accuracy-data", cifar_test_tar, "--accuracy-limit", "10",
         "--output", tmp_path / "x", "--json", out, "--plot", png, "--markdown", doc,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -137,7 +147,7 @@ def test_matrix_tiny(tiny_checkpoint: Path, cifar_test_tar: Path, tmp_path: Path
         assert row["status"] in ("ok", "reference"), (key, row.get("error"))
         assert row["median_ms"] > 0 and row["speedup_vs_eager"] > 0
         assert row["floor_ms"] > 0
-        assert 0.0 <= row["accuracy"]["top1"] <= 1.0 and row["accuracy"]["images"] == 20
+        assert 0.0 <= row["accuracy"]["top1"] <= 1.0 and row["accuracy"]["images"] == 10
         parity = row["parity"]
         assert parity["cosine_mean"] is not None and parity["top1_agreement"] is not None
     fp32 = rows["onnx/fp32"]

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 from PIL import Image
-
 from restv2_edge.calibration.dataset import (
     CalibrationWarning,
     build_calibration_set,
     load_calibration_set,
     save_calibration_set,
 )
+
 from restv2_edge.errors import DataError, ExportError
 from restv2_edge.preprocess import Preprocessing
 
@@ -122,7 +122,7 @@ def test_cli_calibrate_uses_checkpoint_preprocessing(
     assert_one_line_error(bad, "not found")
     # a calibration set for 64 px does not fit a 32 px export
     wrong = run_cli(
-        "export", "--target", "onnx", "--weights", tiny_checkpoint, "--image-size", "32",
+        "export", "--target", "onnx", "--weights", tiny_checkpoint, "--image-size", "96",
         "--int8", "--calib", out, "--output", tmp_path / "art",
     )  # fmt: skip
     assert_one_line_error(wrong, "image size 64")

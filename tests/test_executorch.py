@@ -15,11 +15,11 @@ pytest.importorskip("executorch")
 
 from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, assert_one_line_error, run_cli
 from reference_restv2 import reference_model
+from restv2_edge.converters.base import ExportRequest, get_converter
+from restv2_edge.converters.executorch import ExecuTorchRunner, lower
 
 from restv2_edge.artifact import open_artifact
 from restv2_edge.checkpoint import read_checkpoint
-from restv2_edge.converters.base import ExportRequest, get_converter
-from restv2_edge.converters.executorch import ExecuTorchRunner, lower
 from restv2_edge.errors import BackendMissingError, ExportError
 from restv2_edge.export import export_artifact
 from restv2_edge.factory import create_model

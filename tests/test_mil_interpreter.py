@@ -21,7 +21,6 @@ ct = pytest.importorskip("coremltools")
 
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
-
 from restv2_edge.converters.mil import (  # noqa: E402
     MILError,
     Program,
@@ -30,6 +29,7 @@ from restv2_edge.converters.mil import (  # noqa: E402
     tensor_ranks,
 )
 from restv2_edge.converters.mil.blob import SENTINEL  # noqa: E402
+
 from restv2_edge.errors import ArtifactError  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def torch_ref(fn, *arrays):
         return fn(*[torch.from_numpy(np.asarray(a, np.float32)) for a in arrays]).numpy()
 
 
-# -- convolution ----------------------------------------------------------------------------------
+# -- convolution -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_conv(tmp_path, pad_type, pad, torch_pad, strides, dilations, groups, co
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-# -- normalization, activations, linear algebra ------------------------------------------------
+# -- normalization, activations, linear algebra ----------------------------------------------------
 
 
 def test_layer_norm_uses_mil_epsilon_and_population_variance(tmp_path):
@@ -181,12 +181,14 @@ def test_linear_matmul_reduce_mean(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-# -- layout ops -------------------------------------------------------------------------------
+# -- layout ops ------------------------------------------------------------------------------------
 
 
 def test_pixel_shuffle_is_torch_order(tmp_path):
     x = RNG.standard_normal((1, 12, 2, 3)).astype(np.float32)
-    got = run_one(tmp_path, lambda x: mb.pixel_shuffle(x=x, upscale_factor=2), x, op="pixel_shuffle")
+    got = run_one(
+        tmp_path, lambda x: mb.pixel_shuffle(x=x, upscale_factor=2), x, op="pixel_shuffle"
+    )
     np.testing.assert_array_equal(got, torch_ref(lambda x: F.pixel_shuffle(x, 2), x))
 
 
@@ -222,7 +224,7 @@ def test_reshape_transpose_slice_concat(tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
-# -- quantization -------------------------------------------------------------------------------
+# -- quantization ----------------------------------------------------------------------------------
 
 
 def test_quantize_dequantize_per_channel(tmp_path):
@@ -291,7 +293,7 @@ def test_constexpr_blockwise_shift_scale(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-# -- fp16 semantics ---------------------------------------------------------------------------------
+# -- fp16 semantics --------------------------------------------------------------------------------
 
 
 def test_fp16_mode_rounds_after_every_op(tmp_path):
@@ -322,7 +324,7 @@ def test_fp16_mode_overflows_like_fp16(tmp_path):
     assert got32[0, 0] == 90000.0
 
 
-# -- package reading and errors -----------------------------------------------------------------------
+# -- package reading and errors --------------------------------------------------------------------
 
 
 def _conv_package(tmp_path):
@@ -359,9 +361,7 @@ def test_corrupt_weight_file_is_an_error(tmp_path):
 
 def test_unknown_op_is_a_clear_error(tmp_path):
     spec = [mb.TensorSpec(shape=(2, 3))]
-    program = mb.program(input_specs=spec, opset_version=ct.target.iOS17)(
-        lambda x: mb.argsort(x=x)
-    )
+    program = mb.program(input_specs=spec, opset_version=ct.target.iOS17)(lambda x: mb.argsort(x=x))
     path = save(tmp_path, program)
     with pytest.raises(UnsupportedOpError, match="'argsort'") as info:
         Program.load(path)
@@ -369,7 +369,7 @@ def test_unknown_op_is_a_clear_error(tmp_path):
     assert info.value.op_type == "argsort"
 
 
-# -- the real framework (macOS only) -------------------------------------------------------------
+# -- the real framework (macOS only) ---------------------------------------------------------------
 
 
 def _framework() -> bool:

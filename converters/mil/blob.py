@@ -15,7 +15,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-
 from restv2_edge.converters.mil.errors import MILError
 
 SENTINEL = 0xDEADBEEF

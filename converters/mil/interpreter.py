@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from restv2_edge.converters.mil.errors import MILError, UnsupportedOpError
 from restv2_edge.converters.mil.ops import CONSTEXPR, OPS, Call
 from restv2_edge.converters.mil.package import ModelPackage, main_block, read_package

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-
 from restv2_edge.converters.mil.errors import MILError, UnsupportedOpError
 from restv2_edge.converters.mil.types import TensorType
 
@@ -108,8 +107,8 @@ def sigmoid(c: Call) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+    x = _f32(x)
+    return np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * x))
 
 
 @op("silu")
@@ -136,9 +135,7 @@ def sqrt(c: Call) -> np.ndarray:
 @op("rsqrt")
 def rsqrt(c: Call) -> np.ndarray:
     # MIL: 1 / sqrt(x + epsilon), epsilon default 1e-12
-    return (1.0 / np.sqrt(_f32(c["x"]) + np.float32(c.scalar("epsilon", 1e-12)))).astype(
-        np.float32
-    )
+    return (1.0 / np.sqrt(_f32(c["x"]) + np.float32(c.scalar("epsilon", 1e-12)))).astype(np.float32)
 
 
 @op("inverse")
@@ -168,27 +165,27 @@ def erf_op(c: Call) -> np.ndarray:
     return erf(c["x"]).astype(np.float32)
 
 
-def erf(x: np.ndarray) -> np.ndarray:
-    """erf in float64, Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7)."""
-    x = np.asarray(x, np.float64)
+def erf(x: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), computed in ``dtype``."""
+    x = np.asarray(x, dtype)
     sign = np.sign(x)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (
-        0.254829592
-        + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
     )
     return sign * (1.0 - poly * np.exp(-a * a))
 
 
 @op("gelu")
 def gelu(c: Call) -> np.ndarray:
-    x = np.asarray(c["x"], np.float64)
+    x = _f32(c["x"])
     mode = c.scalar("mode", "EXACT")
-    if mode == "EXACT":
-        y = 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    if mode == "EXACT":  # float32 is enough next to the erf approximation's 1.5e-7
+        y = 0.5 * x * (1.0 + erf(x * np.float32(1 / np.sqrt(2.0)), np.float32))
     elif mode == "TANH_APPROXIMATION":
-        y = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+        x64 = x.astype(np.float64)
+        y = 0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)))
     elif mode == "SIGMOID_APPROXIMATION":
         y = x * _sigmoid(1.702 * x)
     else:
@@ -339,9 +336,7 @@ def conv(c: Call) -> np.ndarray:
     strides = c.ints("strides", [1, 1])
     dilations = c.ints("dilations", [1, 1])
     pad = c.ints("pad") if c.get("pad") is not None else None
-    pads = conv_padding(
-        c.scalar("pad_type", "valid"), pad, x.shape[2:], kernel, strides, dilations
-    )
+    pads = conv_padding(c.scalar("pad_type", "valid"), pad, x.shape[2:], kernel, strides, dilations)
     groups = int(c.scalar("groups", 1))
     out = conv2d(x, weight, pads, strides, dilations, groups)
     bias = c.get("bias")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from restv2_edge.converters.mil.blob import BlobFile, blob_code
 from restv2_edge.converters.mil.errors import MILError
 
@@ -73,7 +73,8 @@ def value_type(proto_type: Any) -> TensorType:
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
     """Round float values to the nearest float16 (overflow -> inf), held as float32."""
-    return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
 
 
 def decode_value(value: Any, blobs: BlobCache) -> Any:
@@ -121,8 +122,8 @@ def _finish(raw: np.ndarray, vtype: TensorType) -> np.ndarray:
 class BlobCache:
     """Weight files of one package, by the path the program names (``@model_path/...``)."""
 
-    def __init__(self, model_dir: Any) -> None:
-        self.model_dir = model_dir
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = Path(model_dir)
         self.files: dict[str, BlobFile] = {}
 
     def get(self, name: str) -> BlobFile:
@@ -130,5 +131,8 @@ class BlobCache:
             prefix = "@model_path/"
             if not name.startswith(prefix):
                 raise MILError(f"weight file reference {name!r} is not under @model_path")
-            self.files[name] = BlobFile(self.model_dir / name[len(prefix) :])
+            path = (self.model_dir / name[len(prefix) :]).resolve()
+            if self.model_dir.resolve() not in path.parents:
+                raise MILError(f"weight file reference {name!r} points outside the package")
+            self.files[name] = BlobFile(path)
         return self.files[name]

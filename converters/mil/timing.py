@@ -1,0 +1,102 @@
+"""Time the Core ML export and the MIL interpreter on this machine (numbers for docs/coreml.md).
+
+    python -m restv2_edge.converters.mil.timing --variant T --image-size 224 --runs 3
+
+Builds the variant with random weights, exports it to Core ML (fp16 and fp32 programs, parity
+gate not included), then runs one image through the interpreter ``--runs`` times per program.
+Prints one JSON object: the machine (lscpu model, ISA flags, load average), wall and process
+CPU seconds. On a shared machine the CPU seconds are the steadier number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name":
+            info["cpu"] = value.strip()
+        elif key.strip() == "Flags":
+            flags = value.split()
+            info["isa"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def _timed(fn: Any) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, measure, return the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="T")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from restv2_edge.converters.base import ExportRequest
+    from restv2_edge.converters.coreml import CONVERTER
+    from restv2_edge.converters.mil import Program
+
+    from restv2_edge.export import artifact_model
+    from restv2_edge.factory import create_model
+
+    model = create_model(args.variant, args.image_size)
+    example = torch.randn(1, 3, args.image_size, args.image_size)
+    x = np.random.default_rng(0).standard_normal(tuple(example.shape)).astype(np.float32)
+    report: dict[str, Any] = {"variant": args.variant, "image_size": args.image_size}
+    report["machine"] = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp16", "fp32"):
+            work = Path(tmp) / precision
+            work.mkdir()
+            graph = artifact_model(model, "native", False)
+            request = ExportRequest(precision=precision)
+            _, wall, cpu = _timed(
+                lambda g=graph, w=work, r=request: CONVERTER.export(g, example, w, r, print_none)
+            )
+            program, load_wall, _ = _timed(lambda w=work: Program.load(w / "model.mlpackage"))
+            runs = [
+                _timed(lambda p=program, f=precision == "fp16": p.run({"input": x}, fp16=f))
+                for _ in range(args.runs)
+            ]
+            report[precision] = {
+                "export_wall_s": round(wall, 2),
+                "export_cpu_s": round(cpu, 2),
+                "interpreter_load_s": round(load_wall, 2),
+                "interpreter_wall_s": [round(r[1], 2) for r in runs],
+                "interpreter_cpu_s": [round(r[2], 2) for r in runs],
+            }
+    report["machine"]["load_average_1m_after"] = (
+        round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    )
+    return report
+
+
+def print_none(step: str) -> None:
+    """Progress callback that ignores the step names."""
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))

@@ -1,0 +1,394 @@
+"""Core ML target: export options, program checks, runner choice and parity on real photos.
+
+The runner is Core ML itself where the framework exists (macOS) and the restv2-edge MIL
+reference interpreter elsewhere; every parity assertion here holds for both. The macOS
+workflow (.github/workflows/coreml-macos.yml) runs this file with RESTV2_EDGE_COREML_RUNNER=coreml
+so that there every parity check goes through MLModel.predict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ct = pytest.importorskip("coremltools")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import CIFAR10_CLASSES, assert_one_line_error, run_cli  # noqa: E402
+from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
+from restv2_edge.converters.coreml import (  # noqa: E402
+    RUNNER_ENV,
+    coreml_framework_available,
+    fold_scalar_dequantize,
+)
+from restv2_edge.converters.mil import Program, read_spec, tensor_ranks  # noqa: E402
+
+from restv2_edge.errors import ExportError, RunnerUnavailableError  # noqa: E402
+from restv2_edge.export import artifact_model, export_artifact  # noqa: E402
+from restv2_edge.factory import create_model  # noqa: E402
+from restv2_edge.manifest import Manifest  # noqa: E402
+from restv2_edge.parity import compare, load_inputs, measure  # noqa: E402
+
+FRAMEWORK = coreml_framework_available() and os.environ.get(RUNNER_ENV, "auto") != "interpreter"
+RUNNER_WORD = "MLModel" if FRAMEWORK else "MIL reference interpreter"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    return create_model(weights=tiny_checkpoint)
+
+
+def export(model, out, photo_dir, limit=8, **request):
+    return export_artifact(
+        model, "coreml", out, ExportRequest(**request), parity_data=photo_dir, parity_limit=limit
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16(tmp_path_factory, tiny_model, photo_dir):
+    return export(tiny_model, tmp_path_factory.mktemp("c") / "fp16", photo_dir, precision="fp16")
+
+
+def spec_of(folder: Path):
+    return read_spec(folder / "model.mlpackage")
+
+
+def assert_passed(parity: dict) -> None:
+    assert parity["status"] == "passed", parity
+    assert RUNNER_WORD in parity["runner"], parity["runner"]
+    assert "imagenet-sample" in parity["data"]
+
+
+# -- export options and the saved program ----------------------------------------------------------
+
+
+def test_fp16_default_export(tiny_fp16):
+    path, manifest = tiny_fp16
+    assert_passed(manifest.parity)
+    assert get_converter("coreml").default_precision == "fp16"
+    spec = spec_of(path)
+    fn = spec.mlProgram.functions["main"]
+    assert fn.opset == "CoreML7" and spec.specificationVersion == 8  # iOS17
+    assert manifest.export["deployment_target"] == "iOS17"
+    ops = fn.block_specializations[fn.opset].operations
+    assert {"layer_norm", "pixel_shuffle", "matmul"} <= {op.type for op in ops}  # native form
+    fp16_outputs = [o for op in ops for o in op.outputs if o.type.tensorType.dataType == 10]
+    assert len(fp16_outputs) > 100  # computes in fp16
+    (feature,) = spec.description.input
+    assert list(feature.type.multiArrayType.shape) == [1, 3, 64, 64]
+    assert max(rank for _, rank in tensor_ranks(spec)) <= 4
+
+
+def test_labels_and_preprocessing_in_metadata(tiny_fp16):
+    path, _ = tiny_fp16
+    meta = dict(spec_of(path).description.metadata.userDefined)
+    assert json.loads(meta["restv2_edge.labels"]) == CIFAR10_CLASSES
+    pre = json.loads(meta["restv2_edge.preprocessing"])
+    assert pre["image_size"] == 64 and pre["crop_pct"] == 1.0
+    assert meta["restv2_edge.precision"] == "fp16"
+
+
+def test_fp32_export(tmp_path, tiny_model, photo_dir):
+    path, manifest = export(tiny_model, tmp_path / "a", photo_dir, precision="fp32")
+    assert_passed(manifest.parity)
+    assert manifest.parity["metrics"]["max_abs_diff"] <= 1e-3
+    spec = spec_of(path)
+    fn = spec.mlProgram.functions["main"]
+    types = {o.type.tensorType.dataType for op in fn.block_specializations[fn.opset].operations
+             for o in op.outputs if o.type.WhichOneof("type") == "tensorType"}  # fmt: skip
+    assert 10 not in types  # no FLOAT16 anywhere
+
+
+@pytest.mark.parametrize(
+    "target, opset, version",
+    [("iOS16", "CoreML6", 7), ("ios18", "CoreML8", 9), ("macOS14", "CoreML7", 8)],
+)
+def test_deployment_target(tmp_path, tiny_model, photo_dir, target, opset, version):
+    path, manifest = export(
+        tiny_model, tmp_path / "a", photo_dir, 4, precision="fp16",
+        options={"deployment_target": target},
+    )  # fmt: skip
+    assert_passed(manifest.parity)
+    spec = spec_of(path)
+    assert spec.mlProgram.functions["main"].opset == opset
+    assert spec.specificationVersion == version
+
+
+def test_unknown_deployment_target_is_one_line_error(tmp_path, tiny_checkpoint):
+    result = run_cli(
+        "export", "--target", "coreml", "--weights", tiny_checkpoint,
+        "--deployment-target", "iOS99", "--output", tmp_path / "x",
+    )  # fmt: skip
+    assert_one_line_error(result, "deployment target", "iOS99")
+    assert not (tmp_path / "x").exists()
+
+
+def test_rank_above_four_is_rejected(tmp_path):
+    class FiveD(torch.nn.Module):
+        def forward(self, x):
+            return (x.reshape(1, 3, 2, 4, 8) * 2.0).sum(dim=2)
+
+    converter = get_converter("coreml")
+    example = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ExportError, match="rank 5"):
+        converter.export(FiveD(), example, tmp_path, ExportRequest(precision="fp32"), print)
+
+
+def test_raw_input_is_an_rgb_image_input(tmp_path, tiny_model, photo_dir):
+    path, manifest = export(tiny_model, tmp_path / "a", photo_dir, precision="fp16", raw_input=True)
+    assert manifest.raw_input
+    assert_passed(manifest.parity)
+    (feature,) = spec_of(path).description.input
+    image = feature.type.imageType
+    assert feature.type.WhichOneof("Type") == "imageType"
+    assert (image.width, image.height) == (64, 64) and image.colorSpace == 20  # RGB
+    # the runner hands the image type 8-bit pixels: float input is rounded and clipped
+    runner = get_converter("coreml").load(path, manifest)
+    x = load_inputs(manifest.preprocessing(), photo_dir, 2).images
+    signs = np.sign(np.random.default_rng(0).standard_normal(x.shape))
+    noisy = np.clip(x + np.float32(0.3) * signs, -5, 260).astype(np.float32)
+    np.testing.assert_allclose(runner(noisy), runner(x), rtol=0, atol=1e-5)
+
+
+# -- the interpreter catches conversion bugs -------------------------------------------------------
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "broken"
+    shutil.copytree(artifact, target)
+    return target
+
+
+def _parity(folder: Path, model, photo_dir) -> dict:
+    manifest = Manifest.read(folder)
+    runner = get_converter("coreml").load(folder, manifest)
+    inputs = load_inputs(manifest.preprocessing(), photo_dir, 8)
+    return measure(runner, artifact_model(model, "native", False), inputs, manifest.precision)
+
+
+def _rewrite_spec(folder: Path, edit) -> None:
+    from restv2_edge.converters.mil.package import spec_file
+
+    path = spec_file(folder / "model.mlpackage")
+    spec = read_spec(folder / "model.mlpackage")
+    edit(spec)
+    path.write_bytes(spec.SerializeToString())
+    Manifest.read(folder).write(folder)  # re-hash, as a careless converter would
+
+
+def test_swapped_pixel_shuffle_order_fails_parity(tmp_path, tiny_fp16, tiny_model, photo_dir):
+    folder = _copy(tiny_fp16[0], tmp_path)
+    assert _parity(folder, tiny_model, photo_dir)["status"] == "passed"  # control
+
+    def swap(spec):
+        fn = spec.mlProgram.functions["main"]
+        swapped = 0
+        for op in fn.block_specializations[fn.opset].operations:
+            if op.type == "pixel_shuffle":  # same shapes, DCR instead of CRD channel order
+                op.type = "depth_to_space"
+                op.inputs["block_size"].CopyFrom(op.inputs["upscale_factor"])
+                del op.inputs["upscale_factor"]
+                swapped += 1
+        assert swapped == 4
+
+    _rewrite_spec(folder, swap)
+    record = _parity(folder, tiny_model, photo_dir)
+    assert record["status"] == "failed", record["metrics"]
+
+
+def test_sign_flipped_weight_block_fails_parity(tmp_path, tiny_fp16, tiny_model, photo_dir):
+    folder = _copy(tiny_fp16[0], tmp_path)
+    spec = spec_of(folder)
+    fn = spec.mlProgram.functions["main"]
+    blobs = [
+        (op.outputs[0].name, op.attributes["val"].blobFileValue.offset)
+        for op in fn.block_specializations[fn.opset].operations
+        if op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue"
+    ]
+    name, offset = next((n, o) for n, o in blobs if "stage3_0_mlp_fc1_weight" in n)
+    weights = next(folder.rglob("weight.bin"))
+    data = bytearray(weights.read_bytes())
+    sentinel, dtype, size, start = struct.unpack_from("<IIQQ", data, offset)
+    assert (sentinel, dtype) == (0xDEADBEEF, 1)  # fp16 blob
+    block = np.frombuffer(data, np.uint16, size // 8, start) ^ np.uint16(0x8000)  # first quarter
+    data[start : start + block.nbytes] = block.tobytes()
+    weights.write_bytes(bytes(data))
+    Manifest.read(folder).write(folder)
+    record = _parity(folder, tiny_model, photo_dir)
+    assert record["status"] == "failed", (name, record["metrics"])
+
+
+def test_unknown_op_in_artifact_is_one_line_error(tmp_path, tiny_fp16, tiny_checkpoint, photo_dir):
+    folder = _copy(tiny_fp16[0], tmp_path)
+
+    def rename(spec):
+        fn = spec.mlProgram.functions["main"]
+        op = next(o for o in fn.block_specializations[fn.opset].operations if o.type == "sigmoid")
+        op.type = "sigmoid_hard"  # a real MIL op the interpreter does not implement
+
+    _rewrite_spec(folder, rename)
+    if FRAMEWORK:
+        pytest.skip("Core ML itself runs here; the unknown-op error is the interpreter's")
+    result = run_cli(
+        "parity", folder, "--weights", tiny_checkpoint, "--data", photo_dir, "--limit", "2"
+    )
+    assert_one_line_error(result, "sigmoid_hard", "not supported")
+
+
+# -- runner choice ---------------------------------------------------------------------------------
+
+
+def test_no_runner_records_parity_not_run(tmp_path, tiny_model, photo_dir, monkeypatch):
+    if coreml_framework_available():
+        pytest.skip("the Core ML framework is available here")
+    monkeypatch.setenv(RUNNER_ENV, "coreml")
+    path, manifest = export(tiny_model, tmp_path / "a", photo_dir, precision="fp16")
+    assert manifest.parity["status"] == "not run"
+    assert "macOS" in manifest.parity["reason"]
+    assert (path / "manifest.json").is_file()
+    with pytest.raises(RunnerUnavailableError):
+        get_converter("coreml").load(path, manifest)
+
+
+def test_interpreter_can_be_forced(tiny_fp16, monkeypatch):
+    monkeypatch.setenv(RUNNER_ENV, "interpreter")
+    path, manifest = tiny_fp16
+    runner = get_converter("coreml").load(path, manifest)
+    assert runner.description == "restv2-edge MIL reference interpreter (numpy, fp16 rounding)"
+
+
+@pytest.mark.skipif(not coreml_framework_available(), reason="needs the Core ML framework (macOS)")
+def test_interpreter_agrees_with_core_ml(tiny_fp16, photo_dir, monkeypatch):
+    path, manifest = tiny_fp16
+    x = load_inputs(manifest.preprocessing(), photo_dir, 8).images
+    monkeypatch.setenv(RUNNER_ENV, "coreml")
+    framework = get_converter("coreml").load(path, manifest)
+    assert "MLModel" in framework.description
+    monkeypatch.setenv(RUNNER_ENV, "interpreter")
+    interpreter = get_converter("coreml").load(path, manifest)
+    metrics = compare(framework(x), interpreter(x))
+    assert metrics["cosine_min"] >= 0.999 and metrics["top1_agreement"] == 1.0, metrics
+
+
+# -- int8 ------------------------------------------------------------------------------------------
+
+
+def test_int8_weight_only(tmp_path, tiny_model, photo_dir):
+    _, manifest = export(
+        tiny_model, tmp_path / "a", photo_dir, precision="int8",
+        quantization={"weights_only": True},
+    )  # fmt: skip
+    assert_passed(manifest.parity)
+    assert manifest.quantization["scheme"] == "weights"
+    assert manifest.export["op_types"].get("constexpr_affine_dequantize", 0) > 10
+
+
+def _pt2e(module, example):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for _ in range(4):
+            prepared(torch.randn(example.shape))
+    return convert_pt2e(prepared)
+
+
+def test_w8a8_scalar_constant_is_folded(tmp_path):
+    """coremltools 9 folds a dequantized scalar constant in wrapping int8 arithmetic.
+
+    The attention q-scale (x * 0.25) is such a constant under XNNPACKQuantizer; the interpreter
+    exposed it (the scale became -0.00098). The converter folds those scalars to floats first.
+    """
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 16), _Scale(0.25), torch.nn.Linear(16, 8))
+    example = torch.randn(2, 16)
+
+    def core_ml(graph, name):
+        program = torch.export.export(graph, (example,)).run_decompositions({})
+        model = ct.convert(
+            program, inputs=[ct.TensorType(name="x", shape=(2, 16), dtype=np.float32)],
+            convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+            compute_precision=ct.precision.FLOAT32,
+        )  # fmt: skip
+        model.save(str(tmp_path / name))
+        loaded = Program.load(tmp_path / name)
+        return loaded.run({"x": example.numpy()})[loaded.output_names[0]]
+
+    quantized = _pt2e(module, example)
+    with torch.no_grad():
+        want = quantized(example).numpy()
+    if ct.__version__ == "9.0":  # the bug as found; later versions may have fixed it
+        unfolded = core_ml(quantized, "raw.mlpackage")
+        assert compare(want, unfolded)["cosine_min"] < 0.9
+    assert fold_scalar_dequantize(quantized) == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(quantized(example).numpy(), want, atol=1e-6)
+    folded = core_ml(quantized, "folded.mlpackage")
+    assert compare(want, folded)["cosine_min"] > 0.999
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return x * self.value
+
+
+# -- the real variant T, through the command line --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t_fp16(tmp_path_factory, t_checkpoint, photo_dir):
+    out = tmp_path_factory.mktemp("t") / "t-fp16"
+    result = run_cli(
+        "export", "--target", "coreml", "--variant", "T", "--weights", t_checkpoint,
+        "--output", out, "--parity-data", photo_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_t_fp16_export_passes_parity(t_fp16):
+    manifest = Manifest.read(t_fp16)
+    assert manifest.precision == "fp16" and manifest.variant == "T"
+    assert_passed(manifest.parity)
+    assert manifest.parity["metrics"]["images"] == 16
+    assert manifest.parity["metrics"]["cosine_min"] >= 0.9995
+
+
+def test_t_parity_command(t_fp16, t_checkpoint, photo_dir):
+    result = run_cli(
+        "parity", t_fp16, "--weights", t_checkpoint, "--data", photo_dir, "--limit", "8"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "parity" in result.stderr and "passed" in result.stderr
+
+
+def test_t_fp32_export_passes_parity(tmp_path, t_checkpoint, photo_dir):
+    out = tmp_path / "t-fp32"
+    result = run_cli(
+        "export", "--target", "coreml", "--variant", "T", "--weights", t_checkpoint,
+        "--precision", "fp32", "--output", out, "--parity-data", photo_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parity = Manifest.read(out).parity
+    assert_passed(parity)
+    assert parity["metrics"]["max_abs_diff"] <= 1e-3 and parity["metrics"]["top1_agreement"] == 1

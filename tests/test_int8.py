@@ -1,0 +1,155 @@
+"""INT8 exports per target on the tiny config: the runtime's own int8 graph, gated vs PyTorch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, assert_one_line_error, run_cli
+from restv2_edge.calibration.dataset import build_calibration_set
+from restv2_edge.converters.base import ExportRequest, get_converter
+
+from restv2_edge.errors import ExportError
+from restv2_edge.export import artifact_model, export_artifact
+from restv2_edge.factory import create_model
+from restv2_edge.parity import compare, load_inputs, torch_logits
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint: Path):
+    return create_model(None, None, None, tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_model, photo_dir: Path):
+    return build_calibration_set(photo_dir, 32, tiny_model.preprocessing, seed=0)
+
+
+def _skip_unless_installed(target: str) -> None:
+    try:
+        get_converter(target).check_installed()
+    except Exception as exc:
+        pytest.skip(str(exc))
+
+
+def _export(model, target, calib, tmp_path, **quantization):
+    request = ExportRequest(precision="int8", calibration=calib, quantization=quantization)
+    return export_artifact(model, target, tmp_path / target, request, parity_limit=8)
+
+
+def _check_manifest(manifest, calib) -> None:
+    assert manifest.precision == "int8"
+    assert manifest.quantization["calibration"]["hash"] == calib.content_hash
+    assert manifest.quantization["calibration"]["size"] == calib.size
+    assert manifest.parity["status"] == "passed", manifest.parity
+
+
+def _independent_cosine(model, runner, photo_dir: Path) -> float:
+    """The artifact's logits vs the PyTorch fp32 model on photos other than parity's."""
+    inputs = load_inputs(model.preprocessing, photo_dir, 24)
+    reference = torch_logits(artifact_model(model, "native", False), inputs.images[8:])
+    return compare(reference, runner(inputs.images[8:]))["cosine_mean"]
+
+
+def test_onnx_int8_is_qdq_on_matmul_conv_only(tiny_model, calib, tmp_path, photo_dir) -> None:
+    _skip_unless_installed("onnx")
+    import onnx
+    from restv2_edge.converters.onnx import CONVERTER
+
+    path, manifest = _export(tiny_model, "onnx", calib, tmp_path)
+    _check_manifest(manifest, calib)
+    graph = onnx.load(str(path / manifest.model_file)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers_of_dq = {
+        consumer.op_type
+        for consumer in graph.node
+        for name in consumer.input
+        if name in producers and producers[name].op_type == "DequantizeLinear"
+    }
+    assert consumers_of_dq and consumers_of_dq <= {"MatMul", "Conv", "Gemm"}, consumers_of_dq
+    weights_int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights_int8, "no int8 weights"
+    runner = CONVERTER.load(path, manifest)
+    assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
+
+
+def test_executorch_int8_runs_in_xnnpack(tiny_model, calib, tmp_path, photo_dir) -> None:
+    _skip_unless_installed("executorch")
+    from restv2_edge.converters.executorch import CONVERTER
+
+    path, manifest = _export(tiny_model, "executorch", calib, tmp_path)
+    _check_manifest(manifest, calib)
+    delegation = manifest.export["delegation"]
+    assert delegation["delegate_segments"] >= 1
+    runner = CONVERTER.load(path, manifest)
+    assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
+
+
+def test_openvino_int8_has_fake_quantize(tiny_model, calib, tmp_path, photo_dir) -> None:
+    _skip_unless_installed("openvino")
+    from restv2_edge.converters.openvino import CONVERTER
+
+    path, manifest = _export(tiny_model, "openvino", calib, tmp_path)
+    _check_manifest(manifest, calib)
+    assert manifest.quantization["fake_quantize_nodes"] > 0
+    assert "FakeQuantize" in (path / "model.xml").read_text()
+    runner = CONVERTER.load(path, manifest)
+    assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
+
+
+@pytest.mark.parametrize("weights_only", [False, True], ids=["w8a8", "weights-only"])
+def test_coreml_int8(tiny_model, calib, tmp_path, weights_only: bool) -> None:
+    _skip_unless_installed("coreml")
+    extra = {"weights_only": True} if weights_only else {}
+    _, manifest = _export(tiny_model, "coreml", calib, tmp_path, **extra)
+    assert manifest.precision == "int8"
+    assert manifest.quantization["scheme"] == ("weights" if weights_only else "w8a8")
+    if not weights_only:
+        assert manifest.quantization["calibration"]["hash"] == calib.content_hash
+    assert manifest.parity["status"] in {"passed", "not run"}, manifest.parity
+
+
+def test_int8_refusals(tiny_model, calib, tmp_path) -> None:
+    _skip_unless_installed("onnx")
+    with pytest.raises(ExportError, match="calibration set"):
+        _export(tiny_model, "onnx", None, tmp_path)
+    with pytest.raises(ExportError, match="--weights-only"):
+        _export(tiny_model, "onnx", calib, tmp_path, weights_only=True)
+    with pytest.raises(ExportError, match="--max-drop"):
+        _export(tiny_model, "openvino", calib, tmp_path, max_drop=0.5)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_cli_export_int8_calib_data(tiny_checkpoint, photo_dir, tmp_path) -> None:
+    _skip_unless_installed("onnx")
+    out = tmp_path / "art"
+    result = run_cli(
+        "export", "--target", "onnx", "--weights", tiny_checkpoint, "--int8",
+        "--calib-data", photo_dir, "--calib-size", "8", "--calib-method", "percentile",
+        "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "fewer than 32" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    assert manifest["quantization"]["method"] == "percentile"
+    assert manifest["quantization"]["calibration"]["size"] == 8
+    both = run_cli("export", "--target", "onnx", "--int8", "--precision", "fp16")
+    assert_one_line_error(both, "--int8")
+
+
+def test_sensitivity_ranks_every_quantizable_layer(tiny_checkpoint, calib) -> None:
+    _skip_unless_installed("onnx")
+    from restv2_edge.calibration.sensitivity import run_sensitivity
+
+    report = run_sensitivity("onnx", None, str(tiny_checkpoint), calib, images=8)
+    errors = [row["error"] for row in report["layers"]]
+    assert len(errors) >= sum(TINY_CONFIG["depths"]) * 4  # q/kv/proj/fc per block at least
+    assert errors == sorted(errors, reverse=True)
+    assert all(np.isfinite(errors)) and errors[0] > 0
+    assert calib.image_size == TINY_IMAGE_SIZE
