@@ -78,6 +78,7 @@ def test_onnx_int8_is_qdq_on_matmul_conv_only(tiny_model, calib, tmp_path, photo
     assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
 
 
+@pytest.mark.slow  # not yet run to completion on this machine (docs/int8.md)
 def test_executorch_int8_runs_in_xnnpack(tiny_model, calib, tmp_path, photo_dir) -> None:
     _skip_unless_installed("executorch")
     from restv2_edge.converters.executorch import CONVERTER
@@ -90,18 +91,15 @@ def test_executorch_int8_runs_in_xnnpack(tiny_model, calib, tmp_path, photo_dir)
     assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
 
 
-def test_openvino_int8_has_fake_quantize(tiny_model, calib, tmp_path, photo_dir) -> None:
-    _skip_unless_installed("openvino")
-    from restv2_edge.converters.openvino import CONVERTER
+def test_openvino_int8_is_refused_by_name(tiny_model, calib, tmp_path) -> None:
+    """The OpenVINO recipe is not registered (NNCF crashed here): a clear error, no artifact."""
+    from restv2_edge.converters.base import ExportRequest, get_converter
 
-    path, manifest = _export(tiny_model, "openvino", calib, tmp_path)
-    _check_manifest(manifest, calib)
-    assert manifest.quantization["fake_quantize_nodes"] > 0
-    assert "FakeQuantize" in (path / "model.xml").read_text()
-    runner = CONVERTER.load(path, manifest)
-    assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
+    with pytest.raises(ExportError, match="openvino cannot export precision int8"):
+        get_converter("openvino").check_request(ExportRequest(precision="int8"))
 
 
+@pytest.mark.slow  # not yet run to completion on this machine (docs/int8.md)
 @pytest.mark.parametrize("weights_only", [False, True], ids=["w8a8", "weights-only"])
 def test_coreml_int8(tiny_model, calib, tmp_path, weights_only: bool) -> None:
     _skip_unless_installed("coreml")
@@ -120,8 +118,6 @@ def test_int8_refusals(tiny_model, calib, tmp_path) -> None:
         _export(tiny_model, "onnx", None, tmp_path)
     with pytest.raises(ExportError, match="--weights-only"):
         _export(tiny_model, "onnx", calib, tmp_path, weights_only=True)
-    with pytest.raises(ExportError, match="--max-drop"):
-        _export(tiny_model, "openvino", calib, tmp_path, max_drop=0.5)
     assert not (tmp_path / "onnx").exists()
 
 
@@ -143,6 +139,7 @@ def test_cli_export_int8_calib_data(tiny_checkpoint, photo_dir, tmp_path) -> Non
     assert_one_line_error(both, "--int8")
 
 
+@pytest.mark.slow  # not yet run to completion on this machine (docs/int8.md)
 def test_sensitivity_ranks_every_quantizable_layer(tiny_checkpoint, calib) -> None:
     _skip_unless_installed("onnx")
     from restv2_edge.calibration.sensitivity import run_sensitivity
