@@ -38,6 +38,12 @@ from restv2_edge.factory import create_model  # noqa: E402
 from restv2_edge.manifest import Manifest  # noqa: E402
 from restv2_edge.parity import compare, load_inputs, measure  # noqa: E402
 
+# coremltools and torch.export internals
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
 FRAMEWORK = coreml_framework_available() and os.environ.get(RUNNER_ENV, "auto") != "interpreter"
 RUNNER_WORD = "MLModel" if FRAMEWORK else "MIL reference interpreter"
 
@@ -360,7 +366,7 @@ def t_fp16(tmp_path_factory, t_checkpoint, photo_dir):
     out = tmp_path_factory.mktemp("t") / "t-fp16"
     result = run_cli(
         "export", "--target", "coreml", "--variant", "T", "--weights", t_checkpoint,
-        "--output", out, "--parity-data", photo_dir,
+        "--output", out, "--parity-data", photo_dir, "--parity-limit", "8",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
@@ -370,18 +376,19 @@ def test_t_fp16_export_passes_parity(t_fp16):
     manifest = Manifest.read(t_fp16)
     assert manifest.precision == "fp16" and manifest.variant == "T"
     assert_passed(manifest.parity)
-    assert manifest.parity["metrics"]["images"] == 16
+    assert manifest.parity["metrics"]["images"] == 8
     assert manifest.parity["metrics"]["cosine_min"] >= 0.9995
 
 
 def test_t_parity_command(t_fp16, t_checkpoint, photo_dir):
     result = run_cli(
-        "parity", t_fp16, "--weights", t_checkpoint, "--data", photo_dir, "--limit", "8"
+        "parity", t_fp16, "--weights", t_checkpoint, "--data", photo_dir, "--limit", "4"
     )
     assert result.returncode == 0, result.stderr
     assert "parity" in result.stderr and "passed" in result.stderr
 
 
+@pytest.mark.slow
 def test_t_fp32_export_passes_parity(tmp_path, t_checkpoint, photo_dir):
     out = tmp_path / "t-fp32"
     result = run_cli(

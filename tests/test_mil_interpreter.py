@@ -32,6 +32,8 @@ from restv2_edge.converters.mil.blob import SENTINEL  # noqa: E402
 
 from restv2_edge.errors import ArtifactError  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # coremltools internals
+
 RNG = np.random.default_rng(0)
 
 

@@ -3,7 +3,8 @@
     python -m restv2_edge.converters.mil.timing --variant T --image-size 224 --runs 3
 
 Builds the variant with random weights, exports it to Core ML (fp16 and fp32 programs, parity
-gate not included), then runs one image through the interpreter ``--runs`` times per program.
+gate not included), then runs one image through the interpreter ``--runs`` times per program,
+and converts both graph forms (native, decomposed) to compare their programs.
 Prints one JSON object: the machine (lscpu model, ISA flags, load average), wall and process
 CPU seconds. On a shared machine the CPU seconds are the steadier number.
 """
@@ -88,10 +89,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "interpreter_wall_s": [round(r[1], 2) for r in runs],
                 "interpreter_cpu_s": [round(r[2], 2) for r in runs],
             }
+    report["graph_forms"] = graph_forms(model, example)
     report["machine"]["load_average_1m_after"] = (
         round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     )
     return report
+
+
+def graph_forms(model: Any, example: Any) -> dict[str, Any]:
+    """Op counts of the fp16 program per graph form, or why the form does not convert."""
+    from restv2_edge.converters.base import ExportRequest
+    from restv2_edge.converters.coreml import CONVERTER
+
+    from restv2_edge.errors import ExportError
+    from restv2_edge.export import artifact_model
+
+    forms: dict[str, Any] = {}
+    for form in ("native", "decomposed"):
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = artifact_model(model, form, False)
+            try:
+                result = CONVERTER.export(
+                    graph, example, Path(tmp), ExportRequest(precision="fp16"), print_none
+                )
+            except ExportError as exc:
+                forms[form] = {"error": str(exc)}
+                continue
+            forms[form] = {"ops": result.info["ops"], "op_types": result.info["op_types"]}
+    return forms
 
 
 def print_none(step: str) -> None:
