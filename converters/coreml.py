@@ -2,9 +2,11 @@
 
 - ML program (``convert_to="mlprogram"``), minimum deployment target iOS17 unless
   ``options["deployment_target"]`` says otherwise (iOS16, iOS18, macOS14, ...).
-- fp16 compute precision by default (what GPU / Neural Engine run), fp32 on request; int8
-  as weight-only (``linear_quantize_weights``, activations fp16) or W8A8 (torchao PT2E with
-  ExecuTorch's XNNPACKQuantizer, then ``ct.convert``; needs ``request.calibration``).
+- fp16 compute precision by default (what GPU / Neural Engine run), fp32 on request. int8
+  (dispatched by calibration/coreml.py, ``quantization["scheme"]``): "weights" =
+  ``linear_quantize_weights`` (int8 per-channel weights, fp16 activations) or "w8a8" = torchao
+  PT2E with ExecuTorch's XNNPACKQuantizer, then ``ct.convert`` (calibration images as an
+  array in ``request.calibration``).
 - float32 tensor input ``input`` (N, 3, S, S) and output ``logits``; with ``raw_input`` the
   input is an RGB ImageType (scale 1, bias 0) and the per-channel normalization lives in the
   graph (ImageType has no per-channel std).

@@ -371,6 +371,18 @@ def test_unknown_op_is_a_clear_error(tmp_path):
     assert info.value.op_type == "argsort"
 
 
+def test_unknown_op_input_is_an_error_not_ignored(tmp_path):
+    path, _ = _conv_package(tmp_path)
+    spec_path = next((tmp_path / "p.mlpackage").rglob("model.mlmodel"))
+    spec = read_spec(path)
+    fn = spec.mlProgram.functions["main"]
+    conv = next(op for op in fn.block_specializations[fn.opset].operations if op.type == "conv")
+    conv.inputs["output_shape"].CopyFrom(conv.inputs["strides"])  # conv_transpose's input
+    spec_path.write_bytes(spec.SerializeToString())
+    with pytest.raises(UnsupportedOpError, match=r"unknown input.*output_shape"):
+        Program.load(path)
+
+
 # -- the real framework (macOS only) ---------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from restv2_edge.converters.mil.errors import MILError, UnsupportedOpError
-from restv2_edge.converters.mil.ops import CONSTEXPR, OPS, Call
+from restv2_edge.converters.mil.ops import ARGS, CONSTEXPR, OPS, Call
 from restv2_edge.converters.mil.package import ModelPackage, main_block, read_package
 from restv2_edge.converters.mil.types import (
     BlobCache,
@@ -101,6 +101,9 @@ class Program:
             # constexpr ops carry their (constant) operands as attributes
             if key != "name" and key not in bindings:
                 bindings[key] = [_Const(decode_value(value, blobs))]
+        unknown = sorted(set(bindings) - ARGS[proto.type])
+        if unknown:
+            raise UnsupportedOpError(proto.type, name, f"unknown input(s) {', '.join(unknown)}")
         step = Step(proto.type, name, bindings, outputs)
         if proto.type in CONSTEXPR:
             values = self._execute(step, self.constants, fp16=True)

@@ -55,12 +55,15 @@ class Call:
 
 OpFunction = Callable[[Call], Any]
 OPS: dict[str, OpFunction] = {}
+#: op type -> the inputs it understands; any other input is an error, never ignored
+ARGS: dict[str, frozenset[str]] = {}
 
 
-def op(*names: str) -> Callable[[OpFunction], OpFunction]:
+def op(*names: str, args: str = "x") -> Callable[[OpFunction], OpFunction]:
     def register(fn: OpFunction) -> OpFunction:
         for name in names:
             OPS[name] = fn
+            ARGS[name] = frozenset(args.split())
         return fn
 
     return register
@@ -83,7 +86,7 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-@op(*_BINARY)
+@op(*_BINARY, args="x y")
 def binary(c: Call) -> np.ndarray:
     x, y = np.asarray(c["x"]), np.asarray(c["y"])
     if c.type == "real_div" and (x.dtype.kind in "iu" and y.dtype.kind in "iu"):
@@ -132,13 +135,13 @@ def sqrt(c: Call) -> np.ndarray:
     return np.sqrt(_f32(c["x"]))
 
 
-@op("rsqrt")
+@op("rsqrt", args="x epsilon")
 def rsqrt(c: Call) -> np.ndarray:
     # MIL: 1 / sqrt(x + epsilon), epsilon default 1e-12
     return (1.0 / np.sqrt(_f32(c["x"]) + np.float32(c.scalar("epsilon", 1e-12)))).astype(np.float32)
 
 
-@op("inverse")
+@op("inverse", args="x epsilon")
 def inverse(c: Call) -> np.ndarray:
     # MIL: 1 / (x + epsilon), epsilon default 1e-4
     return (1.0 / (_f32(c["x"]) + np.float32(c.scalar("epsilon", 1e-4)))).astype(np.float32)
@@ -155,7 +158,7 @@ def square(c: Call) -> np.ndarray:
     return x * x
 
 
-@op("clip")
+@op("clip", args="x alpha beta")
 def clip(c: Call) -> np.ndarray:
     return np.clip(_f32(c["x"]), c.scalar("alpha"), c.scalar("beta"))
 
@@ -177,7 +180,7 @@ def erf(x: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
     return sign * (1.0 - poly * np.exp(-a * a))
 
 
-@op("gelu")
+@op("gelu", args="x mode")
 def gelu(c: Call) -> np.ndarray:
     x = _f32(c["x"])
     mode = c.scalar("mode", "EXACT")
@@ -193,7 +196,7 @@ def gelu(c: Call) -> np.ndarray:
     return y.astype(np.float32)
 
 
-@op("softmax")
+@op("softmax", args="x axis")
 def softmax(c: Call) -> np.ndarray:
     x = _f32(c["x"])
     axis = int(c.scalar("axis", -1))
@@ -201,7 +204,7 @@ def softmax(c: Call) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
-@op("cast")
+@op("cast", args="x dtype")
 def cast(c: Call) -> np.ndarray:
     target = c.scalar("dtype")
     out = c.outputs[0].numpy
@@ -224,7 +227,7 @@ _REDUCE = {
 }
 
 
-@op(*_REDUCE)
+@op(*_REDUCE, args="x axes keep_dims")
 def reduce(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     axes = c.get("axes")
@@ -238,7 +241,7 @@ def reduce(c: Call) -> np.ndarray:
 # -- linear algebra ------------------------------------------------------------------------------
 
 
-@op("linear")
+@op("linear", args="x weight bias")
 def linear(c: Call) -> np.ndarray:
     x, weight = _f32(c["x"]), _f32(c["weight"])
     out = x.reshape(-1, x.shape[-1]) @ weight.T
@@ -248,7 +251,7 @@ def linear(c: Call) -> np.ndarray:
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-@op("matmul")
+@op("matmul", args="x y transpose_x transpose_y")
 def matmul(c: Call) -> np.ndarray:
     x, y = _f32(c["x"]), _f32(c["y"])
     if c.scalar("transpose_x", False) and x.ndim >= 2:
@@ -261,7 +264,7 @@ def matmul(c: Call) -> np.ndarray:
 # -- normalization ----------------------------------------------------------------------------
 
 
-@op("layer_norm")
+@op("layer_norm", args="x axes gamma beta epsilon")
 def layer_norm(c: Call) -> np.ndarray:
     x = np.asarray(c["x"], np.float64)
     axes = c.get("axes")
@@ -281,7 +284,7 @@ def layer_norm(c: Call) -> np.ndarray:
     return y.astype(np.float32)
 
 
-@op("batch_norm")
+@op("batch_norm", args="x mean variance gamma beta epsilon")
 def batch_norm(c: Call) -> np.ndarray:
     x = np.asarray(c["x"], np.float64)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
@@ -327,7 +330,7 @@ def conv_padding(
     raise MILError(f"unknown conv pad_type {pad_type!r}")
 
 
-@op("conv")
+@op("conv", args="x weight bias strides pad_type pad dilations groups")
 def conv(c: Call) -> np.ndarray:
     x, weight = _f32(c["x"]), _f32(c["weight"])
     if x.ndim != 4:
@@ -397,7 +400,7 @@ def conv2d(
 # -- tensor layout ----------------------------------------------------------------------------
 
 
-@op("reshape")
+@op("reshape", args="x shape")
 def reshape(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     shape = c.ints("shape")
@@ -413,13 +416,13 @@ def reshape(c: Call) -> np.ndarray:
     return x.reshape(shape)
 
 
-@op("transpose")
+@op("transpose", args="x perm")
 def transpose(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     return np.transpose(x, [p % x.ndim for p in c.ints("perm")])
 
 
-@op("squeeze")
+@op("squeeze", args="x axes")
 def squeeze(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     if c.get("axes") is None:
@@ -428,7 +431,7 @@ def squeeze(c: Call) -> np.ndarray:
     return np.squeeze(x, axis=axes)
 
 
-@op("expand_dims")
+@op("expand_dims", args="x axes")
 def expand_dims(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     rank = x.ndim + len(c.ints("axes"))
@@ -440,7 +443,7 @@ def identity(c: Call) -> np.ndarray:
     return np.asarray(c["x"])
 
 
-@op("concat")
+@op("concat", args="values axis interleave")
 def concat(c: Call) -> np.ndarray:
     values = [np.asarray(v) for v in c["values"]]
     axis = int(c.scalar("axis"))
@@ -452,7 +455,7 @@ def concat(c: Call) -> np.ndarray:
     return np.concatenate(values, axis=axis)
 
 
-@op("split")
+@op("split", args="x axis num_splits split_sizes")
 def split(c: Call) -> tuple[np.ndarray, ...]:
     x = np.asarray(c["x"])
     axis = int(c.scalar("axis")) % x.ndim
@@ -460,7 +463,7 @@ def split(c: Call) -> tuple[np.ndarray, ...]:
     return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
 
 
-@op("slice_by_index")
+@op("slice_by_index", args="x begin end stride begin_mask end_mask squeeze_mask")
 def slice_by_index(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     rank = x.ndim
@@ -483,7 +486,7 @@ def slice_by_index(c: Call) -> np.ndarray:
     return x[tuple(index)]
 
 
-@op("pixel_shuffle")
+@op("pixel_shuffle", args="x upscale_factor")
 def pixel_shuffle(c: Call) -> np.ndarray:
     """(n, C*f*f, H, W) -> (n, C, H*f, W*f); input channel c*f*f + i*f + j -> (c, i, j)."""
     x = np.asarray(c["x"])
@@ -493,7 +496,7 @@ def pixel_shuffle(c: Call) -> np.ndarray:
     return y.reshape(n, ch // (f * f), h * f, w * f)
 
 
-@op("pixel_unshuffle")
+@op("pixel_unshuffle", args="x downscale_factor")
 def pixel_unshuffle(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     f = int(c.scalar("downscale_factor"))
@@ -502,7 +505,7 @@ def pixel_unshuffle(c: Call) -> np.ndarray:
     return y.reshape(n, ch * f * f, h // f, w // f)
 
 
-@op("depth_to_space")
+@op("depth_to_space", args="x block_size")
 def depth_to_space(c: Call) -> np.ndarray:
     """DCR order (TensorFlow's): input channel (i*b + j)*C + c -> (c, i, j)."""
     x = np.asarray(c["x"])
@@ -512,7 +515,7 @@ def depth_to_space(c: Call) -> np.ndarray:
     return y.reshape(n, ch // (b * b), h * b, w * b)
 
 
-@op("space_to_depth")
+@op("space_to_depth", args="x block_size")
 def space_to_depth(c: Call) -> np.ndarray:
     x = np.asarray(c["x"])
     b = int(c.scalar("block_size"))
@@ -539,7 +542,7 @@ def _along(value: Any, rank: int, axis: int | None) -> np.ndarray:
 _INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
-@op("quantize")
+@op("quantize", args="input zero_point scale output_dtype axis")
 def quantize(c: Call) -> np.ndarray:
     """clip(round(x / scale) + zero_point) (round half to even)."""
     x = np.asarray(c["input"], np.float64)
@@ -554,7 +557,8 @@ def quantize(c: Call) -> np.ndarray:
     return np.clip(np.rint(x / scale) + zero, low, high).astype(dtype)
 
 
-@op("dequantize", "constexpr_affine_dequantize")
+@op("dequantize", args="input zero_point scale axis")
+@op("constexpr_affine_dequantize", args="quantized_data zero_point scale axis")
 def dequantize(c: Call) -> np.ndarray:
     """scale * (q - zero_point)."""
     q = np.asarray(c["input"] if c.type == "dequantize" else c["quantized_data"])
@@ -565,7 +569,7 @@ def dequantize(c: Call) -> np.ndarray:
     return (scale * (q.astype(np.float64) - zero)).astype(np.float32)
 
 
-@op("constexpr_blockwise_shift_scale")
+@op("constexpr_blockwise_shift_scale", args="data scale offset")
 def blockwise_shift_scale(c: Call) -> np.ndarray:
     """scale[block] * (data - offset[block]), block size = data.shape / scale.shape."""
     data = np.asarray(c["data"]).astype(np.float64)
@@ -586,7 +590,7 @@ def blockwise_shift_scale(c: Call) -> np.ndarray:
     return (expand(scale) * data).astype(np.float32)
 
 
-@op("constexpr_cast")
+@op("constexpr_cast", args="source_val output_dtype")
 def constexpr_cast(c: Call) -> np.ndarray:
     return np.asarray(c["source_val"]).astype(c.outputs[0].numpy)
 
