@@ -290,7 +290,7 @@ def quantization_settings(options: dict[str, Any]) -> dict[str, Any]:
         raise ExportError("--int8 needs a calibration set: --calib DIR or --calib-data PATH")
     if options.get("calib") and options.get("calib_data"):
         raise ExportError("give --calib or --calib-data, not both")
-    settings: dict[str, Any] = {"method": options.get("calib_method") or "minmax"}
+    settings: dict[str, Any] = {"method": options.get("calib_method") or "percentile"}
     if options.get("weights_only"):
         settings["weights_only"] = True
     if options.get("max_drop") is not None:

@@ -16,8 +16,7 @@ from restv2_edge.errors import ExportError
 INT8_RECIPES: dict[str, str] = {
     "onnx": "restv2_edge.calibration.onnx:export_int8",
     "executorch": "restv2_edge.calibration.executorch:export_int8",
-    # "openvino": "restv2_edge.calibration.openvino:export_int8" -- not registered: NNCF's
-    # quantize segfaulted inside the CPU plugin's compile_model on this machine (docs/int8.md).
+    "openvino": "restv2_edge.calibration.openvino:export_int8",
     "coreml": "restv2_edge.calibration.coreml:export_int8",
 }
 

@@ -35,7 +35,7 @@ def _export_pair(model: Any, target: str, calib: Any, out: Path, parity_data: An
         model,
         target,
         out / f"{target}-int8",
-        ExportRequest(precision="int8", calibration=calib, quantization={"method": "minmax"}),
+        ExportRequest(precision="int8", calibration=calib, quantization={}),
         force=True,
         verify=False,
         parity_data=parity_data,

@@ -142,3 +142,20 @@ def installed_targets() -> list[str]:
             continue
         available.append(target)
     return available
+
+
+def half_precision(model: Any) -> Any:
+    """The model in float16 between a float32 input cast and a float32 output cast."""
+    import copy
+
+    import torch
+
+    class HalfPrecision(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(inner).half()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.half()).float()
+
+    return HalfPrecision(model).eval()

@@ -17,6 +17,7 @@ from restv2_edge.converters.base import (
     ExportResult,
     Progress,
     Runner,
+    half_precision,
 )
 
 from restv2_edge.errors import ExportError
@@ -93,23 +94,6 @@ class OnnxConverter(Converter):
     def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
         self.check_installed()
         return OnnxRunner(folder / manifest.model_file, manifest.batch_size, threads)
-
-
-def half_precision(model: Any) -> Any:
-    """The model in float16 between a float32 input cast and a float32 output cast."""
-    import copy
-
-    import torch
-
-    class HalfPrecision(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = copy.deepcopy(inner).half()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x.half()).float()
-
-    return HalfPrecision(model).eval()
 
 
 def check_static(proto: Any) -> None:

@@ -553,7 +553,7 @@ def run_matrix(
                     progress("calibration set")
                     calibration.append(_calibration(model, calib, calib_data, calib_size, notes))
                 request.calibration = calibration[0]
-                request.quantization = {"method": "minmax"}
+                request.quantization = {}
             _, manifest = export_artifact(
                 model,
                 target,

@@ -458,7 +458,7 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
               help="--int8: build the calibration set from this image folder or tar.")  # fmt: skip
 @click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              default="minmax", show_default=True, help="--int8: onnx ranges.")  # fmt: skip
+              default="percentile", show_default=True, help="--int8: onnx ranges.")  # fmt: skip
 @click.option("--weights-only", is_flag=True,
               help="--int8 coreml: int8 weights, float activations (no calibration).")  # fmt: skip
 @click.option("--max-drop", type=float, default=None,

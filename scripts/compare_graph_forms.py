@@ -95,7 +95,10 @@ def example_input() -> torch.Tensor:
 # -- plain exports of the reference model (each toolchain's defaults) ----------------------
 
 
-def export_reference(runtime: str, model: torch.nn.Module, folder: Path) -> Path:
+def export_reference(
+    runtime: str, model: torch.nn.Module, folder: Path, static: bool = False
+) -> Path:
+    """``static`` (OpenVINO only): fix the input shape, as the project's converter does."""
     example = example_input()
     folder.mkdir(parents=True, exist_ok=True)
     if runtime == "onnx":
@@ -104,8 +107,9 @@ def export_reference(runtime: str, model: torch.nn.Module, folder: Path) -> Path
     elif runtime == "openvino":
         import openvino as ov
 
-        path = folder / "reference.xml"
-        converted = ov.convert_model(model, example_input=example)
+        path = folder / ("reference-static.xml" if static else "reference.xml")
+        shape = {"input": [list(example.shape)]} if static else {}
+        converted = ov.convert_model(model, example_input=example, **shape)
         ov.save_model(converted, str(path), compress_to_fp16=False)
     else:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
@@ -239,6 +243,10 @@ def compare_runtime(
     converter = get_converter(runtime)
     chosen = converter.graph_form_for(ExportRequest())
     paths: dict[str, Path] = {"reference": export_reference(runtime, reference, work / "ref")}
+    if runtime == "openvino":  # the plain conversion leaves the input shape dynamic
+        paths["reference, static input"] = export_reference(
+            runtime, reference, work / "ref", static=True
+        )
     project_path, seconds = export_project(runtime, project, work / "project")
     for form in FORMS:
         if form == chosen:
@@ -269,12 +277,13 @@ def markdown(record: dict[str, object]) -> str:
         f"threads {record['threads']}; load average at start {m.get('loadavg_1m_at_start')}; "
         f"{record['runs']} interleaved runs per artifact, medians.",
         "",
-        "| runtime | artifact | median ms | / reference | max abs dlogit vs reference | notes |",
-        "|---|---|---|---|---|---|",
+        "| runtime | artifact | median ms | / reference | min ms | / reference (min) "
+        "| max abs dlogit vs reference | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for runtime, entry in record["results"].items():
         for name, t in entry["artifacts"].items():
-            label = name if name == "reference" else f"project, {name}"
+            label = name if name.startswith("reference") else f"project, {name}"
             if name == entry["chosen_form"]:
                 label += " (chosen)"
             note = ""
@@ -288,9 +297,11 @@ def markdown(record: dict[str, object]) -> str:
                     f"{d['delegated_share']:.1%} of ops delegated"
                     + (f"; outside: {outside}" if outside else "")
                 )
+            min_ratio = t["min_ms"] / entry["artifacts"]["reference"]["min_ms"]
             lines.append(
                 f"| {runtime} | {label} | {t['median_ms']:.1f} | "
-                f"{t['ratio_vs_reference']:.3f} | {t['max_abs_diff_vs_reference']:.1e} | {note} |"
+                f"{t['ratio_vs_reference']:.3f} | {t['min_ms']:.1f} | {min_ratio:.3f} | "
+                f"{t['max_abs_diff_vs_reference']:.1e} | {note} |"
             )
     lines.append("")
     lines.append("Export time of the project artifact (export_artifact, parity gate on 8 photos):")
@@ -301,8 +312,8 @@ def markdown(record: dict[str, object]) -> str:
 
 def probe_executorch_fp16(project: torch.nn.Module) -> dict[str, object]:
     """Lower the decomposed form in float16 (float32 in/out) and report the delegation."""
+    from restv2_edge.converters.base import half_precision
     from restv2_edge.converters.executorch import lower
-    from restv2_edge.converters.onnx import half_precision
 
     graph = half_precision(artifact_model(project, "decomposed", False))
     start = time.perf_counter()
