@@ -358,7 +358,7 @@ class _Scale(torch.nn.Module):
         return x * self.value
 
 
-# -- the real variant T through the CLI (slow: pytest -m slow tests/test_coreml.py) ---------------
+# -- the real variant T through the CLI (fp32: slow, pytest -m slow tests/test_coreml.py) ---------
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +372,6 @@ def t_fp16(tmp_path_factory, t_checkpoint, photo_dir):
     return out
 
 
-@pytest.mark.slow
 def test_t_fp16_export_passes_parity(t_fp16):
     manifest = Manifest.read(t_fp16)
     assert manifest.precision == "fp16" and manifest.variant == "T"
@@ -381,7 +380,6 @@ def test_t_fp16_export_passes_parity(t_fp16):
     assert manifest.parity["metrics"]["cosine_min"] >= 0.9995
 
 
-@pytest.mark.slow
 def test_t_parity_command(t_fp16, t_checkpoint, photo_dir):
     result = run_cli(
         "parity", t_fp16, "--weights", t_checkpoint, "--data", photo_dir, "--limit", "4"

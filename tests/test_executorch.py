@@ -184,7 +184,6 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
         get_converter("executorch").check_installed()
 
 
-@pytest.mark.slow
 def test_t_export_is_one_delegate_and_matches_reference_model(
     t_checkpoint: Path, photo_dir: Path, tmp_path: Path
 ) -> None:

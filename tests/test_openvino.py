@@ -174,7 +174,6 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
         get_converter("openvino").check_installed()
 
 
-@pytest.mark.slow
 def test_t_export_matches_reference_model(
     t_checkpoint: Path, photo_dir: Path, tmp_path: Path
 ) -> None:
