@@ -52,8 +52,16 @@ def quantize_onnx_file(
         raise ExportError(f"unknown calibration method {method!r}; choose {', '.join(METHODS)}")
 
     class Reader(CalibrationDataReader):
+        """The batches, served in the ranges onnxruntime's strided calibration asks for."""
+
         def __init__(self) -> None:
-            self.items = iter(batches)
+            self.set_range(0, len(batches))
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.items = iter(batches[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.items, None)
@@ -88,7 +96,7 @@ def quantize_onnx_file(
                 extra_options={
                     "ActivationSymmetric": False,
                     "WeightSymmetric": True,
-                    "CalibMaxIntermediateOutputs": _flush_every(len(batches)),
+                    "CalibStridedMinMax": calibration_stride(len(batches)),
                     "CalibTensorRangeSymmetric": False,
                     "OpTypesToExcludeOutputQuantization": list(OP_TYPES),
                 },
@@ -98,16 +106,14 @@ def quantize_onnx_file(
             raise ExportError(f"onnxruntime quantize_static failed: {exc}") from exc
 
 
-def _flush_every(count: int) -> int:
-    """Calibration outputs kept in memory between flushes (bounded memory for T@224).
+def calibration_stride(count: int, largest: int = 8) -> int:
+    """Batches per calibration pass: onnxruntime keeps every intermediate output of a pass in
+    memory (histogram methods too), about 0.2 GB per T@224 image, so passes stay small.
 
-    onnxruntime raises "No data is collected" when the count is a multiple of the flush size
-    (the last flush is empty), so pick a size that leaves a remainder.
+    ``CalibStridedMinMax`` (any method, despite the name) needs a stride dividing ``count``;
+    the histograms and ranges of the passes are merged.
     """
-    for size in range(16, 7, -1):
-        if count % size:
-            return size
-    return count
+    return max(size for size in range(1, min(largest, count) + 1) if count % size == 0)
 
 
 def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress: Any) -> Any:

@@ -18,9 +18,14 @@ def quantize_pt2e(
 ) -> Any:
     """torch.export -> prepare_pt2e -> calibrate on ``batches`` -> convert_pt2e (a GraphModule).
 
-    ``keep_float``: module names (``model.named_modules``) left in float.
+    ``keep_float``: module names (``model.named_modules``) left in float. LayerNorms always
+    stay float: in the decomposed form their statistics are linears by a 1/C row, and int8
+    per-tensor ranges on ``(x - mean)^2`` wreck the variance (T@224, random weights: logits
+    cosine vs fp32 0.960 with them quantized; docs/int8.md).
     """
     import torch
+
+    from restv2_edge.model import LayerNorm
 
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -35,6 +40,7 @@ def quantize_pt2e(
 
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_module_type(LayerNorm, None)
     for name in keep_float or []:
         quantizer.set_module_name(name, None)
     try:

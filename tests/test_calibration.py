@@ -129,3 +129,13 @@ def test_cli_calibrate_uses_checkpoint_preprocessing(
     assert not (tmp_path / "art").exists()
     missing = run_cli("export", "--target", "onnx", "--int8", "--output", tmp_path / "art")
     assert_one_line_error(missing, "calibration")
+
+
+def test_onnx_calibration_passes_divide_the_set() -> None:
+    """onnxruntime's strided calibration needs a stride that divides the batch count."""
+    from restv2_edge.calibration.onnx import calibration_stride
+
+    assert calibration_stride(256) == 8
+    assert calibration_stride(30) == 6
+    assert calibration_stride(257) == 1  # prime: one batch per pass
+    assert calibration_stride(3) == 3
