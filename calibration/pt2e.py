@@ -45,13 +45,28 @@ def quantize_pt2e(
         quantizer.set_module_name(name, None)
     try:
         with torch.no_grad():
-            graph = torch.export.export(model, (example,), strict=False).module()
-            prepared = prepare_pt2e(graph, quantizer)
-            for batch in batches:
-                prepared(torch.from_numpy(batch))
+            prepared = prepare_pt2e(export_any_batch(model, example), quantizer)
+            for start in range(0, len(batches), CALIBRATION_BATCH):
+                chunk = np.concatenate(batches[start : start + CALIBRATION_BATCH])
+                prepared(torch.from_numpy(chunk))
             return convert_pt2e(prepared)
     except Exception as exc:
         raise ExportError(f"PT2E quantization failed: {_first_line(exc)}") from exc
+
+
+#: images per calibration forward. The observers are min/max (per tensor, per channel for
+#: weights), so batching gives the ranges of single-image passes, about 3x faster on T@224.
+CALIBRATION_BATCH = 16
+
+
+def export_any_batch(model: Any, example: Any) -> Any:
+    """``model`` captured by torch.export with a dynamic batch dimension (calibration only:
+    the quantized module is exported again, at the artifact's static shape, to lower it)."""
+    import torch
+
+    pair = torch.cat([example, example]) if example.shape[0] == 1 else example
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},), strict=False).module()
 
 
 def regroup(batches: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
