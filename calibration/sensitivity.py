@@ -178,7 +178,7 @@ def export_within_drop(
 ) -> Any:
     """INT8 with the most sensitive layers kept float until the top-1 drop is <= max_drop."""
     from restv2_edge.calibration.dataset import model_preprocessing
-    from restv2_edge.calibration.onnx import export_int8
+    from restv2_edge.calibration.onnx import DEFAULT_METHOD, export_int8
     from restv2_edge.calibration.pt2e import regroup
 
     from restv2_edge.parity import torch_logits
@@ -190,7 +190,7 @@ def export_within_drop(
     if request.raw_input:
         raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
     limit = float(request.quantization["max_drop"])
-    method = request.quantization.get("method", "minmax")
+    method = request.quantization.get("method", DEFAULT_METHOD)
     batches = regroup(calibration_batches(model, request), request.batch_size)
     images, labels = held_back_data(request, model_preprocessing(model))
     images = images[: len(images) - len(images) % request.batch_size]

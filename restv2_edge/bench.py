@@ -483,7 +483,7 @@ def run_matrix(
     """Export ``variant`` to every installed target/precision, check parity, measure all.
 
     int8 rows calibrate on ``calib`` (a saved calibration set) or ``calib_size`` images of
-    ``calib_data`` (default: the shared ImageNet sample), min-max, the target's own recipe.
+    ``calib_data`` (default: the shared ImageNet sample) with each target's recipe defaults.
     """
     from restv2_edge.artifact import open_artifact
     from restv2_edge.complexity import count_macs
