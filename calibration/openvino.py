@@ -52,6 +52,48 @@ def snippets_disabled() -> Iterator[None]:
 
 def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress: Any) -> Any:
     """converters/openvino.py fp32 IR -> nncf.quantize -> model.xml/.bin (float32 storage)."""
+    return _export(model, example, workdir, request, progress, None)
+
+
+def export_int8_within_drop(
+    model: Any, example: Any, workdir: Path, request: Any, progress: Any
+) -> Any:
+    """``--max-drop``: NNCF's own accuracy control (``quantize_with_accuracy_control``) reverts
+    the layers that cost the most top-1 to float until the drop on held-back labelled images
+    is within the limit; skipped when plain quantization is already within it."""
+    from restv2_edge.calibration.dataset import model_preprocessing
+    from restv2_edge.calibration.sensitivity import held_back_data
+
+    from restv2_edge.parity import torch_logits
+
+    if request.raw_input:
+        raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
+    images, labels = held_back_data(request, model_preprocessing(model))
+    fp32_top1 = float((torch_logits(model, images).argmax(1) == labels).mean() * 100)
+    return _export(model, example, workdir, request, progress, (images, labels, fp32_top1))
+
+
+def _top1(compiled: Any, images: Any, labels: Any) -> list[float]:
+    return [float(compiled(images[i : i + 1])[0].argmax() == labels[i]) for i in range(len(images))]
+
+
+def _float_weight_ops(model: Any) -> set[str]:
+    """MatMul/convolutions with a constant weight that no FakeQuantize feeds."""
+    names = set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution", "GroupConvolution"):
+            continue
+        producers = [value.get_node() for value in op.input_values()]
+        if any(p.get_type_name() == "FakeQuantize" for p in producers):
+            continue
+        if any(p.get_type_name() in ("Constant", "Convert") for p in producers):
+            names.add(op.get_friendly_name())
+    return names
+
+
+def _export(
+    model: Any, example: Any, workdir: Path, request: Any, progress: Any, accuracy: Any
+) -> Any:
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import (
@@ -65,23 +107,31 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
     fp32_request.precision = "fp32"
     staging = workdir / "fp32"
     staging.mkdir()
+    keep = list(request.quantization.get("keep_float", []))
+    settings: dict[str, Any] = {
+        "model_type": nncf.ModelType.TRANSFORMER,
+        "subset_size": len(batches),
+        "ignored_scope": nncf.IgnoredScope(names=keep) if keep else None,
+    }
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+    )
+    max_drop: dict[str, Any] | None = None
     try:
         result = CONVERTER.export(model, example, staging, fp32_request, progress)
         progress("calibrate")
         fp32 = ov.Core().read_model(str(staging / MODEL_FILE))
-        keep = list(request.quantization.get("keep_float", []))
         try:
             with snippets_disabled():
                 quantized = nncf.quantize(
-                    fp32,
-                    nncf.Dataset(batches),
-                    model_type=nncf.ModelType.TRANSFORMER,
-                    subset_size=len(batches),
-                    advanced_parameters=AdvancedQuantizationParameters(
-                        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
-                    ),
-                    ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
+                    fp32, nncf.Dataset(batches), advanced_parameters=advanced, **settings
                 )
+                if accuracy is not None:
+                    quantized, max_drop = _restore_accuracy(
+                        fp32, quantized, batches, accuracy, request, settings, advanced, progress
+                    )
+        except ExportError:
+            raise
         except Exception as exc:
             raise ExportError(f"nncf.quantize failed: {exc}") from exc
         canonical_names(quantized)
@@ -98,12 +148,77 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
         "inference_precision": INFERENCE_PRECISION,
         "nodes": len(quantized.get_ordered_ops()),
     }
+    record = copy.copy(request)
+    if max_drop is not None:
+        record.quantization = {**request.quantization, "keep_float": max_drop.pop("kept_float")}
     result.quantization = quantization_record(
-        request,
+        record,
         "minmax",
-        tool="nncf.quantize (model_type=TRANSFORMER, SmoothQuant off)",
+        tool="nncf.quantize (model_type=TRANSFORMER, SmoothQuant off)"
+        + (" + quantize_with_accuracy_control" if max_drop else ""),
         activations="int8/uint8 per-tensor static (NNCF mixed preset)",
         weights="int8 symmetric per-channel",
         fake_quantize_nodes=fake_quantize,
+        **({"max_drop": max_drop} if max_drop is not None else {}),
     )
     return result
+
+
+def _restore_accuracy(
+    fp32: Any,
+    quantized: Any,
+    batches: list[Any],
+    accuracy: Any,
+    request: Any,
+    settings: dict[str, Any],
+    advanced: Any,
+    progress: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Accuracy control when plain quantization loses more than the limit."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    images, labels, fp32_top1 = accuracy
+    limit = float(request.quantization["max_drop"])
+
+    def top1(model: Any) -> float:
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return float(np.mean(_top1(compiled, images, labels)) * 100)
+
+    progress("accuracy")
+    trials = [{"kept_float": 0, "top1": top1(quantized)}]
+    baseline_float = _float_weight_ops(quantized)
+    if fp32_top1 - trials[0]["top1"] > limit:
+
+        def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
+            items = list(items)
+            hits = _top1(compiled, np.stack([i[0] for i in items]), [i[1] for i in items])
+            return float(np.mean(hits)), hits
+
+        quantized = nncf.quantize_with_accuracy_control(
+            fp32,
+            nncf.Dataset(batches),
+            nncf.Dataset(list(zip(images, labels)), lambda item: item[0][None]),
+            validate,
+            max_drop=limit / 100,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced,
+            **settings,
+        )
+        kept = sorted(_float_weight_ops(quantized) - baseline_float)
+        trials.append({"kept_float": len(kept), "top1": top1(quantized)})
+    else:
+        kept = []
+    final = trials[-1]["top1"]
+    return quantized, {
+        "limit_points": limit,
+        "data": str(request.quantization.get("accuracy_data") or "cifar10/test.tar"),
+        "images": int(len(images)),
+        "fp32_top1": fp32_top1,
+        "int8_top1": final,
+        "drop_points": fp32_top1 - final,
+        "within_limit": fp32_top1 - final <= limit,
+        "trials": trials,
+        "kept_float": kept,
+    }

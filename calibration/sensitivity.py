@@ -26,7 +26,7 @@ from restv2_edge.errors import DataError, ExportError
 SENSITIVITY_IMAGES = 32
 #: held-back labelled images for --max-drop
 ACCURACY_LIMIT = 500
-MAX_DROP_TARGETS = ("onnx",)
+MAX_DROP_TARGETS = ("onnx", "openvino")
 
 
 class OnnxQuantizer:
@@ -187,6 +187,10 @@ def export_within_drop(
         raise ExportError(
             f"--max-drop is implemented for {', '.join(MAX_DROP_TARGETS)}, not {target}"
         )
+    if target == "openvino":  # NNCF's own accuracy control
+        from restv2_edge.calibration.openvino import export_int8_within_drop
+
+        return export_int8_within_drop(model, example, workdir, request, progress)
     if request.raw_input:
         raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
     limit = float(request.quantization["max_drop"])

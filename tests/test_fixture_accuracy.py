@@ -81,3 +81,21 @@ def test_int8_artifacts_keep_accuracy(target, tmp_path, fixture_checkpoint, cifa
     reference = pytorch_accuracy[limit]
     assert artifact["images"] == reference["images"]
     assert reference["top1"] - artifact["top1"] <= INT8_MAX_DROP, (artifact, reference)
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_max_drop_keeps_layers_float(target, tmp_path, fixture_checkpoint, cifar_train_tar,
+                                     cifar_test_tar):  # fmt: skip
+    out = tmp_path / target
+    result = run_cli("export", "--target", target, "--weights", fixture_checkpoint, "--int8",
+                     "--calib-data", cifar_train_tar, "--calib-size", "64", "--max-drop", "0.1",
+                     "--parity-data", cifar_test_tar, "--parity-limit", "16",
+                     "--output", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    quantization = Manifest.read(out).quantization
+    record = quantization["max_drop"]
+    assert record["limit_points"] == 0.1 and record["images"] > 0
+    assert record["within_limit"] and record["drop_points"] <= 0.1, record
+    assert record["trials"][0]["kept_float"] == 0
+    if record["trials"][0]["top1"] < record["fp32_top1"] - 0.1:  # restoration had to run
+        assert quantization["layers_kept_float"], quantization
