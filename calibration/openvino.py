@@ -178,6 +178,7 @@ def _restore_accuracy(
     import nncf
     import numpy as np
     import openvino as ov
+    from restv2_edge.calibration.sensitivity import max_drop_record
 
     images, labels, fp32_top1 = accuracy
     limit = float(request.quantization["max_drop"])
@@ -210,15 +211,5 @@ def _restore_accuracy(
         trials.append({"kept_float": len(kept), "top1": top1(quantized)})
     else:
         kept = []
-    final = trials[-1]["top1"]
-    return quantized, {
-        "limit_points": limit,
-        "data": str(request.quantization.get("accuracy_data") or "cifar10/test.tar"),
-        "images": int(len(images)),
-        "fp32_top1": fp32_top1,
-        "int8_top1": final,
-        "drop_points": fp32_top1 - final,
-        "within_limit": fp32_top1 - final <= limit,
-        "trials": trials,
-        "kept_float": kept,
-    }
+    record = max_drop_record(request, limit, len(images), fp32_top1, trials[-1]["top1"], trials)
+    return quantized, {**record, "kept_float": kept}

@@ -173,6 +173,22 @@ def held_back_data(
     return np.stack(images), np.asarray(labels)
 
 
+def max_drop_record(
+    request: Any, limit: float, images: int, fp32_top1: float, int8_top1: float, trials: list
+) -> dict[str, Any]:
+    """The manifest's ``quantization.max_drop`` (shared by the onnx and openvino guards)."""
+    return {
+        "limit_points": limit,
+        "data": str(request.quantization.get("accuracy_data") or "cifar10/test.tar"),
+        "images": int(images),
+        "fp32_top1": fp32_top1,
+        "int8_top1": int8_top1,
+        "drop_points": fp32_top1 - int8_top1,
+        "within_limit": fp32_top1 - int8_top1 <= limit,
+        "trials": trials,
+    }
+
+
 def export_within_drop(
     target: str, model: Any, example: Any, workdir: Path, request: Any, progress: Any
 ) -> Any:
@@ -232,15 +248,6 @@ def export_within_drop(
     result.quantization = {
         **quantization_record(final, method),
         **{k: v for k, v in result.quantization.items() if k != "layers_kept_float"},
-        "max_drop": {
-            "limit_points": limit,
-            "data": str(request.quantization.get("accuracy_data") or "cifar10/test.tar"),
-            "images": int(len(images)),
-            "fp32_top1": fp32_top1,
-            "int8_top1": accuracy,
-            "drop_points": fp32_top1 - accuracy,
-            "within_limit": fp32_top1 - accuracy <= limit,
-            "trials": trials,
-        },
+        "max_drop": max_drop_record(request, limit, len(images), fp32_top1, accuracy, trials),
     }
     return result

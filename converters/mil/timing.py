@@ -14,30 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            info["cpu"] = value.strip()
-        elif key.strip() == "Flags":
-            flags = value.split()
-            info["isa"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    return info
 
 
 def _timed(fn: Any) -> tuple[Any, float, float]:
@@ -60,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from restv2_edge.converters.coreml import CONVERTER
     from restv2_edge.converters.mil import Program
 
+    from restv2_edge.bench import machine_info
     from restv2_edge.export import artifact_model
     from restv2_edge.factory import create_model
 
@@ -67,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     example = torch.randn(1, 3, args.image_size, args.image_size)
     x = np.random.default_rng(0).standard_normal(tuple(example.shape)).astype(np.float32)
     report: dict[str, Any] = {"variant": args.variant, "image_size": args.image_size}
-    report["machine"] = machine()
+    report["machine"] = machine_info()  # includes load_avg at the start
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp16", "fp32"):
             work = Path(tmp) / precision
