@@ -51,14 +51,14 @@ def _speed(folders: dict[str, Path], runs: int, threads: int | None) -> dict[str
     import numpy as np
 
     from restv2_edge.artifact import open_artifact
-    from restv2_edge.bench import bench_input, time_round_robin
+    from restv2_edge.bench import BLOCK, bench_input, time_round_robin
 
     calls = {}
     for name, folder in folders.items():
         manifest, runner = open_artifact(folder, threads)
         x = bench_input(manifest, 1)
         calls[name] = lambda runner=runner, x=x: runner(x)
-    times = time_round_robin(calls, 3, runs, lambda step: None)
+    times = time_round_robin(calls, 3, runs, lambda step: None, BLOCK)
     return {name: float(np.median(values) * 1000) for name, values in times.items()}
 
 

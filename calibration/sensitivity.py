@@ -121,14 +121,14 @@ def run_sensitivity(
     """Rank the layers of the checkpoint's model by their INT8 sensitivity (onnx)."""
     import torch
 
-    from restv2_edge.export import artifact_model
+    from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
     if target != "onnx":
         raise ExportError(f"sensitivity analysis is implemented for onnx, not {target}")
     model = create_model(variant, calib.image_size, None, weights)
     calib.check_matches(model.preprocessing)
-    graph = artifact_model(model, "native", False)
+    graph = export_graph(model, "native", False)
     example = torch.from_numpy(calib.inputs[:1].copy())
     with tempfile.TemporaryDirectory(prefix="restv2-sensitivity-") as tmp:
         work = Path(tmp)

@@ -22,7 +22,7 @@ from restv2_edge.converters.base import ExportRequest, get_converter
 from restv2_edge.errors import ExportError, ParityError, RunnerUnavailableError
 from restv2_edge.factory import with_form
 from restv2_edge.manifest import Manifest
-from restv2_edge.model import RawInput, ResTV2
+from restv2_edge.model import RawInput, ResTV2, fold_attention_scale
 from restv2_edge.parity import load_inputs, measure
 
 Progress = Callable[[str], None]
@@ -35,6 +35,12 @@ def artifact_model(model: ResTV2, form: str, raw_input: bool) -> torch.nn.Module
         pre = model.preprocessing
         graph = RawInput(graph, pre.mean, pre.std)
     return graph.eval()
+
+
+def export_graph(model: ResTV2, form: str, raw_input: bool) -> torch.nn.Module:
+    """What the converters receive: ``artifact_model`` with the attention scale folded into
+    the q linears (``fold_attention_scale``); parity compares it to the unfolded model."""
+    return fold_attention_scale(artifact_model(model, form, raw_input))
 
 
 def build_manifest(
@@ -98,7 +104,7 @@ def export_artifact(
     try:
         form = converter.graph_form_for(request)
         progress("export")
-        graph = artifact_model(model, form, request.raw_input)
+        graph = export_graph(model, form, request.raw_input)
         reference = artifact_model(model, "native", request.raw_input)
         example = _example_input(model, request)
         if request.precision == "int8":

@@ -21,6 +21,7 @@ One set of weights, two graph forms (``GraphForm``), chosen per target by measur
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 
@@ -96,6 +97,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.q_prescaled = False  # set by fold_attention_scale: ``scale`` lives in ``q``
         self.dim = dim
         self.sr_ratio = sr_ratio
         self.grid = grid
@@ -118,7 +120,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.q(x) * self.scale
+        q = self.q(x) if self.q_prescaled else self.q(x) * self.scale
         if self.sr_ratio > 1:
             x = map_to_tokens(self.sr(tokens_to_map(x, self.grid)))
             x = self.sr_norm(x)
@@ -166,6 +168,20 @@ class Attention(nn.Module):
         y = y.transpose(2, 3).flatten(2).unflatten(2, (h, w * r * dim))  # (B, i, hh, (ww j c))
         y = y.transpose(1, 2).flatten(1)  # (B, hh i ww j c)
         return y.unflatten(1, (h * r * w * r, dim))
+
+
+def fold_attention_scale(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose attentions carry their 1/sqrt(head_dim) scale in the ``q``
+    linear: the same function up to float rounding, one multiply fewer per block in every
+    exported graph (the export pipeline applies it; eager models and checkpoints never do)."""
+    folded = copy.deepcopy(module)
+    with torch.no_grad():
+        for attention in folded.modules():
+            if isinstance(attention, Attention) and not attention.q_prescaled:
+                attention.q.weight.mul_(attention.scale)
+                attention.q.bias.mul_(attention.scale)
+                attention.q_prescaled = True
+    return folded
 
 
 class Block(nn.Module):

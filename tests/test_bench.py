@@ -57,6 +57,16 @@ def test_round_robin_interleaves_every_round() -> None:
     assert len({r[0] for r in rounds}) == 3  # the start rotates
 
 
+def test_round_robin_in_blocks_settles_before_timing() -> None:
+    calls: list[str] = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    times = bench.time_round_robin(candidates, warmup=1, runs=7, progress=lambda s: None, block=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 7, "b": 7}
+    # warm-up round (1 call each), then rounds of 1 settling + 3, 3, 1 timed calls each
+    assert len(calls) == 2 * (1 + 4 + 4 + 2)
+    assert calls[2:10] == ["b"] * 4 + ["a"] * 4  # the start rotates; blocks stay together
+
+
 def test_machine_info_names_cpu_and_isa() -> None:
     info = bench.machine_info()
     assert info["cpu"] and info["usable_cores"] >= 1

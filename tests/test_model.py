@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG, TINY_IMAGE_SIZE
 from reference_restv2 import randomize_, reference_model
 
 from restv2_edge.checkpoint import load_official_into, official_state_dict
 from restv2_edge.data import open_unlabelled
 from restv2_edge.factory import create_model, with_form
-from restv2_edge.model import RawInput
+from restv2_edge.model import RawInput, fold_attention_scale
 from restv2_edge.preprocess import Preprocessing, preprocess_image, resize_and_crop
 
 FORMS = ["native", "decomposed"]
@@ -68,6 +69,21 @@ def test_official_layout_round_trips_exactly():
             assert torch.equal(back[key], value), key
         other = with_form(model, "native" if form == "decomposed" else "decomposed")
         assert all(torch.equal(official_state_dict(other)[k], v) for k, v in back.items())
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_folded_attention_scale_is_the_same_function(form):
+    model = randomize_(create_model(TINY_CONFIG, TINY_IMAGE_SIZE, form=form), seed=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_attention_scale(RawInput(model, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)))
+    x = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) * 255
+    with torch.no_grad():
+        expected = RawInput(model, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25))(x)
+        assert (folded(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # a copy
+    scaled = [m for m in folded.modules() if getattr(m, "q_prescaled", False)]
+    assert len(scaled) == sum(len(stage) for stage in model.stages)
+    assert fold_attention_scale(folded).state_dict().keys() == folded.state_dict().keys()
 
 
 def _all_shapes(program: torch.export.ExportedProgram):

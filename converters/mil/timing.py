@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from restv2_edge.converters.mil import Program
 
     from restv2_edge.bench import machine_info
-    from restv2_edge.export import artifact_model
+    from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
     model = create_model(args.variant, args.image_size)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for precision in ("fp16", "fp32"):
             work = Path(tmp) / precision
             work.mkdir()
-            graph = artifact_model(model, "native", False)
+            graph = export_graph(model, "native", False)
             request = ExportRequest(precision=precision)
             _, wall, cpu = _timed(
                 lambda g=graph, w=work, r=request: CONVERTER.export(g, example, w, r, print_none)
@@ -83,12 +83,12 @@ def graph_forms(model: Any, example: Any) -> dict[str, Any]:
     from restv2_edge.converters.coreml import CONVERTER
 
     from restv2_edge.errors import ExportError
-    from restv2_edge.export import artifact_model
+    from restv2_edge.export import export_graph
 
     forms: dict[str, Any] = {}
     for form in ("native", "decomposed"):
         with tempfile.TemporaryDirectory() as tmp:
-            graph = artifact_model(model, form, False)
+            graph = export_graph(model, form, False)
             try:
                 result = CONVERTER.export(
                     graph, example, Path(tmp), ExportRequest(precision="fp16"), print_none
