@@ -33,6 +33,7 @@ def quantize_pt2e(
             get_symmetric_quantization_config,
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import get_module_name_filter
     except ImportError as exc:
         raise ExportError(
             f"INT8 needs ExecuTorch's XNNPACKQuantizer and torchao pt2e: {exc}"
@@ -41,8 +42,9 @@ def quantize_pt2e(
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
     quantizer.set_module_type(LayerNorm, None)
-    for name in keep_float or []:
-        quantizer.set_module_name(name, None)
+    if keep_float:  # set_module_name(name, None) is "not supported yet": filter the nodes
+        kept = [get_module_name_filter(name) for name in keep_float]
+        quantizer.set_filter_function(lambda node: not any(inside(node) for inside in kept))
     try:
         with torch.no_grad():
             prepared = prepare_pt2e(export_any_batch(model, example), quantizer)

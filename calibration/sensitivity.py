@@ -1,6 +1,9 @@
-"""Accuracy guard for INT8 (onnx): per-layer sensitivity and ``--max-drop``.
+"""Accuracy guard for INT8: per-layer sensitivity and ``--max-drop``, onnx here; openvino
+through NNCF's accuracy control (calibration/openvino.py); executorch and coreml through the
+PT2E guard (calibration/pt2e_guard.py). The shared pieces (held-back data, the manifest
+record, the dispatch) live here.
 
-Sensitivity: calibrate once (onnxruntime's calibration cache), then quantize each MatMul/
+ONNX sensitivity: calibrate once (onnxruntime's calibration cache), then quantize each MatMul/
 Conv/Gemm *alone* and measure how far its logits move from the fp32 graph's (1 - mean
 cosine over calibration images). ``--max-drop P``: quantize everything; while the top-1
 drop on held-back labelled images (not in the calibration set) exceeds P points, keep the
@@ -26,7 +29,9 @@ from restv2_edge.errors import DataError, ExportError
 SENSITIVITY_IMAGES = 32
 #: held-back labelled images for --max-drop
 ACCURACY_LIMIT = 500
-MAX_DROP_TARGETS = ("onnx", "openvino")
+MAX_DROP_TARGETS = ("onnx", "openvino", "executorch", "coreml")
+#: targets ``calibrate --sensitivity`` ranks layers for
+SENSITIVITY_TARGETS = ("onnx", "executorch", "coreml")
 
 
 class OnnxQuantizer:
@@ -84,7 +89,7 @@ class OnnxQuantizer:
         return np.concatenate(outs)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64), b.astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float(((a * b).sum(axis=1) / np.maximum(norms, 1e-30)).mean())
@@ -98,9 +103,9 @@ def rank_layers(quantizer: OnnxQuantizer, images: np.ndarray) -> list[dict[str, 
     rows = []
     for node in quantizer.nodes:
         path = quantizer.quantize(only=[node])
-        cosine = _cosine(reference, quantizer.logits(quantizer.session(path), images))
+        value = cosine(reference, quantizer.logits(quantizer.session(path), images))
         path.unlink(missing_ok=True)
-        rows.append({"layer": node, "cosine": cosine, "error": 1.0 - cosine})
+        rows.append({"layer": node, "cosine": value, "error": 1.0 - value})
     rows.sort(key=lambda row: row["error"], reverse=True)
     return rows
 
@@ -118,27 +123,44 @@ def _fp32_onnx(graph: Any, example: Any, work: Path) -> Path:
 def run_sensitivity(
     target: str, variant: Any, weights: str, calib: Any, images: int = SENSITIVITY_IMAGES
 ) -> dict[str, Any]:
-    """Rank the layers of the checkpoint's model by their INT8 sensitivity (onnx)."""
+    """Rank the layers of the checkpoint's model by their INT8 sensitivity for ``target``:
+    onnxruntime's quantizer (onnx) or the simulated XNNPACKQuantizer scheme (PT2E targets)."""
     import torch
+    from restv2_edge.converters.base import get_converter
 
     from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
-    if target != "onnx":
-        raise ExportError(f"sensitivity analysis is implemented for onnx, not {target}")
+    if target not in SENSITIVITY_TARGETS:
+        raise ExportError(
+            f"sensitivity analysis is implemented for {', '.join(SENSITIVITY_TARGETS)}, "
+            f"not {target}"
+        )
     model = create_model(variant, calib.image_size, None, weights)
     calib.check_matches(model.preprocessing)
-    graph = export_graph(model, "native", False)
-    example = torch.from_numpy(calib.inputs[:1].copy())
-    with tempfile.TemporaryDirectory(prefix="restv2-sensitivity-") as tmp:
-        work = Path(tmp)
-        quantizer = OnnxQuantizer(_fp32_onnx(graph, example, work), calib.batches(), "minmax", work)
-        rows = rank_layers(quantizer, calib.inputs[:images])
+    if target == "onnx":
+        graph = export_graph(model, "native", False)
+        example = torch.from_numpy(calib.inputs[:1].copy())
+        with tempfile.TemporaryDirectory(prefix="restv2-sensitivity-") as tmp:
+            work = Path(tmp)
+            fp32 = _fp32_onnx(graph, example, work)
+            rows = rank_layers(OnnxQuantizer(fp32, calib.batches(), "minmax", work),
+                               calib.inputs[:images])  # fmt: skip
+        metric = "1 - mean cosine(logits fp32, logits with only this layer int8)"
+    else:
+        from restv2_edge.calibration.pt2e_guard import rank_modules
+
+        graph = export_graph(model, get_converter(target).graph_form, False)
+        rows = rank_modules(graph, calib.inputs, calib.inputs[:images])
+        metric = (
+            "1 - mean cosine(logits fp32, logits with only this module fake-quantized in "
+            "PyTorch: XNNPACKQuantizer scheme, min/max ranges)"
+        )
     return {
         "target": target,
         "calibration": calib.summary(),
         "images": int(min(images, calib.size)),
-        "metric": "1 - mean cosine(logits fp32, logits with only this layer int8)",
+        "metric": metric,
         "layers": rows,
     }
 
@@ -203,12 +225,18 @@ def export_within_drop(
         raise ExportError(
             f"--max-drop is implemented for {', '.join(MAX_DROP_TARGETS)}, not {target}"
         )
+    if request.raw_input:
+        raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
     if target == "openvino":  # NNCF's own accuracy control
         from restv2_edge.calibration.openvino import export_int8_within_drop
 
         return export_int8_within_drop(model, example, workdir, request, progress)
-    if request.raw_input:
-        raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
+    if target in ("executorch", "coreml"):
+        from restv2_edge.calibration.pt2e_guard import export_within_drop as pt2e_within_drop
+
+        if request.quantization.get("weights_only"):
+            raise ExportError("--max-drop needs calibrated W8A8 int8, not --weights-only")
+        return pt2e_within_drop(target, model, example, workdir, request, progress)
     limit = float(request.quantization["max_drop"])
     method = request.quantization.get("method", DEFAULT_METHOD)
     batches = regroup(calibration_batches(model, request), request.batch_size)

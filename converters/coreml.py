@@ -318,29 +318,17 @@ def _quantize_weights(mlmodel: Any, request: ExportRequest) -> tuple[Any, dict[s
 
 
 def _pt2e_quantize(model: Any, example: Any, request: ExportRequest) -> tuple[Any, int]:
-    """The model with int8 weights and activations as a PT2E graph (quantize/dequantize ops)."""
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    """The model with int8 weights and activations as a PT2E graph (quantize/dequantize ops):
+    the shared PT2E recipe (calibration/pt2e.py; LayerNorms and ``keep_float`` stay float)."""
+    from restv2_edge.calibration.pt2e import quantize_pt2e
 
-    batches = calibration_batches(request.calibration, tuple(example.shape))
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True)
-    )
-    try:
-        captured = torch.export.export(model, (example,)).module()
-        prepared = prepare_pt2e(captured, quantizer)
-        with torch.no_grad():
-            for batch in batches:
-                prepared(batch)
-        converted = convert_pt2e(prepared)
-        fold_scalar_dequantize(converted)
-        return converted, sum(len(b) for b in batches)
-    except Exception as exc:
-        raise ExportError(f"PT2E int8 quantization failed: {_first_line(exc)}") from exc
+    batches = [
+        np.asarray(b) for b in calibration_batches(request.calibration, tuple(example.shape))
+    ]
+    keep = list(request.quantization.get("keep_float", []))
+    converted = quantize_pt2e(model, example, batches, keep)
+    fold_scalar_dequantize(converted)
+    return converted, sum(len(b) for b in batches)
 
 
 def fold_scalar_dequantize(graph_module: Any) -> int:

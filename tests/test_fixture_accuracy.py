@@ -83,7 +83,9 @@ def test_int8_artifacts_keep_accuracy(target, tmp_path, fixture_checkpoint, cifa
     assert reference["top1"] - artifact["top1"] <= INT8_MAX_DROP, (artifact, reference)
 
 
-@pytest.mark.parametrize("target", ["onnx", "openvino"])
+@pytest.mark.parametrize(
+    "target", ["onnx", "openvino", "executorch", pytest.param("coreml", marks=pytest.mark.slow)]
+)
 def test_max_drop_keeps_layers_float(target, tmp_path, fixture_checkpoint, cifar_train_tar,
                                      cifar_test_tar):  # fmt: skip
     out = tmp_path / target

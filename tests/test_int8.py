@@ -157,3 +157,55 @@ def test_sensitivity_ranks_every_quantizable_layer(tiny_checkpoint, calib) -> No
     assert errors == sorted(errors, reverse=True)
     assert all(np.isfinite(errors)) and errors[0] > 0
     assert calib.image_size == TINY_IMAGE_SIZE
+
+
+def _dequantized_weights(graph) -> int:
+    """Per-channel dequantize nodes of a converted PT2E graph: one per int8 weight."""
+    return sum("dequantize_per_channel" in str(node.target) for node in graph.graph.nodes)
+
+
+def test_pt2e_keep_float_leaves_those_modules_float(tiny_model, calib) -> None:
+    _skip_unless_installed("executorch")
+    import torch
+    from restv2_edge.calibration.pt2e import quantize_pt2e
+    from restv2_edge.calibration.pt2e_guard import candidate_layers
+
+    from restv2_edge.export import export_graph
+
+    graph = export_graph(tiny_model, "decomposed", False)
+    example = torch.from_numpy(calib.inputs[:1].copy())
+    batches = [calib.inputs[i : i + 1] for i in range(8)]
+    everything = _dequantized_weights(quantize_pt2e(graph, example, batches))
+    keep = ["head", "stage1.0.attn.q"]
+    assert set(keep) <= set(candidate_layers(graph))
+    fewer = _dequantized_weights(quantize_pt2e(graph, example, batches, keep))
+    assert everything >= len(candidate_layers(graph)) and fewer == everything - len(keep)
+
+
+@pytest.mark.parametrize("target", ["executorch", "coreml"])
+def test_pt2e_sensitivity_ranks_every_linear_and_conv(tiny_checkpoint, calib, target) -> None:
+    _skip_unless_installed(target)
+    from restv2_edge.calibration.sensitivity import run_sensitivity
+
+    report = run_sensitivity(target, None, str(tiny_checkpoint), calib, images=8)
+    layers = [row["layer"] for row in report["layers"]]
+    errors = [row["error"] for row in report["layers"]]
+    assert len(layers) == len(set(layers)) >= sum(TINY_CONFIG["depths"]) * 6
+    assert {"head", "stage1.0.attn.q", "stage1.0.mlp.fc1"} <= set(layers)
+    assert errors == sorted(errors, reverse=True)
+    assert all(np.isfinite(errors)) and errors[0] > 0
+    assert "simulated" in report["metric"] or "fake-quantized" in report["metric"]
+
+
+def test_simulated_weight_quantization_is_int8_per_channel() -> None:
+    import torch
+    from restv2_edge.calibration.pt2e_guard import _fake_activation, _fake_weight
+
+    weight = torch.randn(6, 5) * torch.arange(1, 7).unsqueeze(1)
+    fake = _fake_weight(weight)
+    steps = fake / (weight.abs().amax(1, keepdim=True) / 127)
+    assert torch.allclose(steps, steps.round(), atol=1e-4)  # integer multiples per row
+    assert (fake - weight).abs().max() <= weight.abs().amax() / 127 / 2 + 1e-6
+    x = torch.linspace(-1.0, 3.0, 101)
+    levels = torch.unique(_fake_activation(x, -1.0, 3.0))
+    assert len(levels) <= 256 and (levels[1:] - levels[:-1]).min() > 0.9 * 4 / 255

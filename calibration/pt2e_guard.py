@@ -1,0 +1,189 @@
+"""Accuracy guard for the PT2E targets (executorch, coreml W8A8).
+
+Sensitivity is simulated in PyTorch with the XNNPACKQuantizer scheme: one calibration pass
+records the input and output range of every Linear/Conv2d; each layer is then fake-quantized
+*alone* (input and output int8 per-tensor affine from those ranges, weight int8 symmetric per
+output channel) and scored by ``1 - mean cosine`` of the logits against the float model.
+The ranges are min/max (the quantizer's activation observer is a histogram), so the ranking is
+a proxy; the accuracy that ``--max-drop`` enforces is measured on the real PT2E graph.
+
+``--max-drop P``: quantize everything with PT2E; while the top-1 drop on held-back labelled
+images exceeds P points, keep the 1, 2, 4, ... most sensitive modules in float
+(``XNNPACKQuantizer.set_module_name(name, None)``). Each trial runs the converted PT2E graph
+(quantize/dequantize ops) in PyTorch; the final artifact is built by the target's recipe with
+the same modules kept float and checked by the usual parity gate in its own runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from restv2_edge.calibration.dataset import calibration_batches, quantization_record
+from restv2_edge.calibration.pt2e import CALIBRATION_BATCH, quantize_pt2e, regroup
+
+PT2E_TARGETS = ("executorch", "coreml")
+#: where --max-drop trials are measured (recorded in the manifest)
+TRIAL_RUNTIME = "converted PT2E graph in PyTorch (quantize/dequantize ops)"
+
+
+def candidate_layers(model: Any) -> dict[str, Any]:
+    """The Linear/Conv2d modules by name: what ``keep_float`` can leave in float."""
+    from torch import nn
+
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d))
+    }
+
+
+def _fake_activation(x: Any, low: float, high: float) -> Any:
+    """int8 per-tensor affine over [min(low, 0), max(high, 0)], as XNNPACK's activations."""
+    import torch
+
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max((high - low) / 255.0, 1e-12)
+    zero_point = int(np.clip(-128 - round(low / scale), -128, 127))
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -128, 127)
+
+
+def _fake_weight(weight: Any) -> Any:
+    """int8 symmetric per output channel (axis 0), range [-127, 127]."""
+    import torch
+
+    amax = weight.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
+    zeros = torch.zeros_like(amax, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight, amax / 127.0, zeros, 0, -127, 127)
+
+
+@contextmanager
+def _quantized(module: Any, ranges: tuple[float, float, float, float]) -> Iterator[None]:
+    """``module`` fake-quantized (input, weight, output) for the duration of the block."""
+    weight = module.weight.data
+    module.weight.data = _fake_weight(weight)
+    pre = module.register_forward_pre_hook(
+        lambda _, args: (_fake_activation(args[0], ranges[0], ranges[1]), *args[1:])
+    )
+    post = module.register_forward_hook(
+        lambda _, args, out: _fake_activation(out, ranges[2], ranges[3])
+    )
+    try:
+        yield
+    finally:
+        pre.remove()
+        post.remove()
+        module.weight.data = weight
+
+
+def _forward(model: Any, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(images), CALIBRATION_BATCH):
+            chunk = torch.from_numpy(
+                np.ascontiguousarray(images[start : start + CALIBRATION_BATCH])
+            )
+            outs.append(model(chunk).float().numpy())
+    return np.concatenate(outs)
+
+
+def layer_ranges(model: Any, calibration: np.ndarray) -> dict[str, tuple[float, ...]]:
+    """(input min, input max, output min, output max) of every candidate layer."""
+    ranges: dict[str, list[float]] = {}
+
+    def record(name: str) -> Any:
+        def hook(_: Any, args: Any, out: Any) -> None:
+            seen = [float(args[0].min()), float(args[0].max()), float(out.min()), float(out.max())]
+            old = ranges.get(name, seen)
+            ranges[name] = [min(old[0], seen[0]), max(old[1], seen[1]),
+                            min(old[2], seen[2]), max(old[3], seen[3])]  # fmt: skip
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(record(name))
+        for name, module in candidate_layers(model).items()
+    ]
+    try:
+        _forward(model, calibration)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: tuple(values) for name, values in ranges.items()}
+
+
+def rank_modules(model: Any, calibration: np.ndarray, images: np.ndarray) -> list[dict[str, Any]]:
+    """Every Linear/Conv2d with the logits error its (simulated) quantization alone causes."""
+    from restv2_edge.calibration.sensitivity import cosine
+
+    model = model.eval()
+    ranges = layer_ranges(model, calibration)
+    reference = _forward(model, images)
+    rows = []
+    for name, module in candidate_layers(model).items():
+        if name not in ranges:  # not on the forward path
+            continue
+        with _quantized(module, ranges[name]):
+            value = cosine(reference, _forward(model, images))
+        rows.append({"layer": name, "cosine": value, "error": 1.0 - value})
+    rows.sort(key=lambda row: row["error"], reverse=True)
+    return rows
+
+
+def export_within_drop(
+    target: str, model: Any, example: Any, workdir: Path, request: Any, progress: Any
+) -> Any:
+    """PT2E int8 with the most sensitive modules kept float until the drop is <= max_drop."""
+    from restv2_edge.calibration.dataset import model_preprocessing
+    from restv2_edge.calibration.recipes import recipe_for
+    from restv2_edge.calibration.sensitivity import (
+        SENSITIVITY_IMAGES,
+        held_back_data,
+        max_drop_record,
+    )
+
+    limit = float(request.quantization["max_drop"])
+    batches = regroup(calibration_batches(model, request), request.batch_size)
+    images, labels = held_back_data(request, model_preprocessing(model))
+    model = model.eval()
+    fp32_top1 = float((_forward(model, images).argmax(1) == labels).mean() * 100)
+    trials: list[dict[str, Any]] = []
+
+    def top1(keep: list[str]) -> float:
+        progress(f"quantize, {len(keep)} kept float")
+        quantized = quantize_pt2e(model, example, batches, keep)
+        value = float((_forward(quantized, images).argmax(1) == labels).mean() * 100)
+        trials.append({"kept_float": len(keep), "top1": value})
+        return value
+
+    keep: list[str] = []
+    accuracy = top1(keep)
+    if fp32_top1 - accuracy > limit:
+        progress("sensitivity")
+        calibration = np.concatenate(batches)
+        ranking = rank_modules(model, calibration, calibration[:SENSITIVITY_IMAGES])
+        count = 1
+        while fp32_top1 - accuracy > limit and len(keep) < len(ranking):
+            keep = [row["layer"] for row in ranking[:count]]
+            accuracy = top1(keep)
+            count *= 2
+    final = copy.copy(request)
+    final.quantization = {
+        key: value for key, value in request.quantization.items() if key != "max_drop"
+    }
+    final.quantization["keep_float"] = keep
+    result = recipe_for(target)(model, example, workdir, final, progress)
+    record = max_drop_record(request, limit, len(images), fp32_top1, accuracy, trials)
+    record["measured_on"] = TRIAL_RUNTIME
+    result.quantization = {
+        **(result.quantization or quantization_record(final, "minmax")),
+        "layers_kept_float": keep,
+        "max_drop": record,
+    }
+    return result
