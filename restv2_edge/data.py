@@ -64,12 +64,14 @@ class ImageSource:
             return self._tar_bytes[key]
         return (self.location / key).read_bytes()
 
-    def open(self, key: str) -> Image.Image:
-        """Decode one image as RGB; a corrupt file raises DataError."""
+    def open(self, key: str, upright: bool = True) -> Image.Image:
+        """Decode one image as RGB, turned upright per its EXIF orientation (as the apps and
+        phone galleries show it) unless ``upright`` is False; a corrupt file raises DataError."""
         try:
             with Image.open(io.BytesIO(self.read(key))) as image:
                 image.load()
-                return image.convert("RGB")
+                rgb = image.convert("RGB")
+                return upright_image(rgb, image.getexif().get(0x0112)) if upright else rgb
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"unreadable image {key}: {exc}") from None
 
@@ -209,3 +211,18 @@ def open_unlabelled(path: str | os.PathLike[str]) -> ImageSource:
     if not keys:
         raise DataError(f"{path}: no images found")
     return ImageSource(path, [(key, -1) for key in keys], [], tar)
+
+
+def upright_image(image: Image.Image, orientation: int | None) -> Image.Image:
+    """``image`` with EXIF orientation ``orientation`` (tag 0x0112, 1-8) undone: an exact
+    pixel permutation (1, missing or invalid: unchanged)."""
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation if isinstance(orientation, int) else 1)
+    return image.transpose(method) if method is not None else image

@@ -11,8 +11,9 @@ top-k against these files. The format is documented in apps/README.md; in short:
     DIR/000/input.f32      the model input: float32 little-endian, (1, 3, S, S)
 
 ``golden.json`` lists, per image, those paths with shapes and dtypes, whether the photo embeds
-an ICC profile and its EXIF orientation (neither is applied here), the logits the artifact's own
-runtime computed, and the top-5 (index, label, softmax probability).
+an ICC profile (not applied) and its EXIF orientation (``decoded.rgb`` is before it; the
+resized crop and the input are of the upright photo, as the apps compute them), the logits
+the artifact's own runtime computed, and the top-5 (index, label, softmax probability).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def write_golden(
     written under ``output`` unless every step succeeded.
     """
     from restv2_edge.artifact import open_artifact, top_k
+    from restv2_edge.data import upright_image
     from restv2_edge.preprocess import normalize, resize_and_crop
 
     if images < 1:
@@ -108,7 +110,7 @@ def write_golden(
         for key in keys:
             raw = source.read(key)
             try:
-                image = source.open(key)
+                image = source.open(key, upright=False)
             except DataError:
                 skipped.append(key)
                 continue
@@ -118,7 +120,7 @@ def write_golden(
             (work / photo).write_bytes(raw)
             decoded = np.asarray(image, dtype=np.uint8)
             icc, orientation = _photo_metadata(raw)
-            resized = resize_and_crop(image, pre)
+            resized = resize_and_crop(upright_image(image, orientation), pre)
             tensor = normalize(resized, pre)[None]
             inputs.append(tensor)
             entries.append(

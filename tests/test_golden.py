@@ -169,3 +169,46 @@ def test_golden_keeps_an_existing_output_unless_forced(onnx_artifact, golden_dir
     assert not (out / "keep.txt").exists()
     assert len(read_golden(out)["images"]) == 1
     assert_one_line_error(run_cli("golden", onnx_artifact, "--output", out, "--images", "0"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_image_matches_pillow_exif_transpose(orientation, tmp_path):
+    from PIL import ImageOps
+
+    from restv2_edge.data import open_unlabelled, upright_image
+
+    pixels = np.arange(5 * 3 * 3, dtype=np.uint8).reshape(3, 5, 3) * 5
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "photos").mkdir()
+    path = tmp_path / "photos" / "p.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=100)
+    with Image.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        as_stored = image.convert("RGB")
+    source = open_unlabelled(tmp_path / "photos")
+    np.testing.assert_array_equal(np.asarray(source.open("p.jpg")), expected)
+    np.testing.assert_array_equal(np.asarray(source.open("p.jpg", upright=False)), as_stored)
+    np.testing.assert_array_equal(np.asarray(upright_image(as_stored, orientation)), expected)
+
+
+def test_golden_of_a_rotated_photo_is_upright_after_decoding(onnx_artifact, photo_dir, tmp_path):
+    data = tmp_path / "photos"
+    data.mkdir()
+    name = sorted(p.name for p in photo_dir.iterdir())[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.open(photo_dir / name).convert("RGB").crop((0, 0, 90, 61)).save(
+        data / "rotated.png", exif=exif
+    )
+    out = tmp_path / "golden"
+    result = run_cli("golden", onnx_artifact, "--output", out, "--images", "1", "--data", data)
+    assert result.returncode == 0, result.stderr
+    (entry,) = read_golden(out)["images"]
+    assert entry["exif_orientation"] == 6
+    assert entry["decoded"]["shape"] == [61, 90, 3]  # as stored
+    upright = data / "upright.png"
+    Image.open(data / "rotated.png").convert("RGB").transpose(Image.Transpose.ROTATE_270).save(
+        upright
+    )
+    np.testing.assert_array_equal(entry["resized_array"], _expected_crop(upright, 64, 64))
