@@ -1,7 +1,9 @@
 """ONNX INT8: onnxruntime static quantization (QDQ), per-channel int8 weights.
 
 Only MatMul, Conv and Gemm are quantized (``op_types_to_quantize``): Q/DQ pairs around every
-Add/Mul/LayerNorm/Softmax cost more on CPU than int8 saves (docs/int8.md). The fp32 graph is
+Add/Mul/LayerNorm/Softmax cost more on CPU than int8 saves (docs/int8.md). The depthwise
+convolutions that resample (EMSA's strided K/V reduction, the V-upsampling conv) stay float
+(``float_convolutions``). The fp32 graph is
 exported by converters/onnx.py and pre-processed (``quant_pre_process``: symbolic shapes +
 ORT graph optimizations) before quantizing. Activations are uint8 (asymmetric), weights int8
 (symmetric, per output channel): the U8S8 kernels of onnxruntime on x86 (VNNI).
@@ -80,6 +82,7 @@ def quantize_onnx_file(
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimization: fall back to the file
             prepared = fp32_path
+        exclude = [*(exclude or []), *float_convolutions(prepared)]
         try:
             quantize_static(
                 str(prepared),
@@ -91,7 +94,7 @@ def quantize_onnx_file(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=list(only) if only else None,
-                nodes_to_exclude=list(exclude or []),
+                nodes_to_exclude=exclude,
                 calibrate_method=calibrate,
                 extra_options={
                     "ActivationSymmetric": False,
@@ -156,7 +159,8 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
 
 
 def quantizable_nodes(path: Path) -> list[str]:
-    """Names of the MatMul/Conv/Gemm nodes with a constant weight (sensitivity candidates)."""
+    """Names of the MatMul/Conv/Gemm nodes with a constant weight that the recipe quantizes
+    (sensitivity candidates)."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -164,8 +168,37 @@ def quantizable_nodes(path: Path) -> list[str]:
     constants |= {
         out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
     }
+    kept = set(float_convolutions(path))
     return [
         node.name
         for node in proto.graph.node
-        if node.op_type in OP_TYPES and any(name in constants for name in node.input[1:2])
+        if node.op_type in OP_TYPES
+        and node.name not in kept
+        and any(name in constants for name in node.input[1:2])
     ]
+
+
+def float_convolutions(path: Path) -> list[str]:
+    """Depthwise Conv nodes that resample (stride > 1) or multiply channels: left in float.
+
+    With their outputs in float (``OpTypesToExcludeOutputQuantization``) onnxruntime runs a
+    quantized one as DequantizeLinear -> float Conv on non-constant weights, outside its NCHWc
+    kernels: 3-4x the float conv's time for these K/V-reduction convs (T@224 profile,
+    docs/int8.md). The plain 3x3 positional convs stay quantized: their int8 input is what
+    makes the patch-embedding convs before them QLinearConv.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    weights = {init.name: list(init.dims) for init in proto.graph.initializer}
+    names = []
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        group = int(attrs.get("group", 1))
+        out_channels = weights.get(node.input[1], [0])[0]
+        resamples = any(int(step) > 1 for step in attrs.get("strides", [1]))
+        if group > 1 and (resamples or out_channels > group):
+            names.append(node.name)
+    return names

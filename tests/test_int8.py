@@ -77,6 +77,19 @@ def test_onnx_int8_is_qdq_on_matmul_conv_only(tiny_model, calib, tmp_path, photo
         assert consumers.get(name, set()) & weight_ops, (name, consumers.get(name))
     quantized_ops = {op for name in dequantized for op in consumers[name]}
     assert {"MatMul", "Conv"} <= quantized_ops
+    # the depthwise K/V-reduction (strided) and V-upsampling convs keep float weights
+    produced_by = {out: node for node in graph.node for out in node.output}
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    resampling = [
+        node
+        for node in graph.node
+        if node.op_type == "Conv"
+        and any(a.name == "group" and a.i > 1 for a in node.attribute)
+        and any(a.name == "strides" and max(a.ints) > 1 for a in node.attribute)
+    ]
+    assert resampling and all(node.input[1] in floats for node in resampling)
+    assert all(node.input[0] not in produced_by or produced_by[node.input[0]].op_type
+               != "DequantizeLinear" for node in resampling)  # fmt: skip
     weights_int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights_int8, "no int8 weights"
     runner = CONVERTER.load(path, manifest)
