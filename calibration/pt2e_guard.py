@@ -16,7 +16,6 @@ the same modules kept float and checked by the usual parity gate in its own runt
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,7 +143,9 @@ def export_within_drop(
     from restv2_edge.calibration.recipes import recipe_for
     from restv2_edge.calibration.sensitivity import (
         SENSITIVITY_IMAGES,
+        final_request,
         held_back_data,
+        keep_float_until_within,
         max_drop_record,
     )
 
@@ -162,22 +163,13 @@ def export_within_drop(
         trials.append({"kept_float": len(keep), "top1": value})
         return value
 
-    keep: list[str] = []
-    accuracy = top1(keep)
-    if fp32_top1 - accuracy > limit:
+    def rank() -> list[dict[str, Any]]:
         progress("sensitivity")
         calibration = np.concatenate(batches)
-        ranking = rank_modules(model, calibration, calibration[:SENSITIVITY_IMAGES])
-        count = 1
-        while fp32_top1 - accuracy > limit and len(keep) < len(ranking):
-            keep = [row["layer"] for row in ranking[:count]]
-            accuracy = top1(keep)
-            count *= 2
-    final = copy.copy(request)
-    final.quantization = {
-        key: value for key, value in request.quantization.items() if key != "max_drop"
-    }
-    final.quantization["keep_float"] = keep
+        return rank_modules(model, calibration, calibration[:SENSITIVITY_IMAGES])
+
+    keep, accuracy = keep_float_until_within(top1, rank, fp32_top1, limit)
+    final = final_request(request, keep)
     result = recipe_for(target)(model, example, workdir, final, progress)
     record = max_drop_record(request, limit, len(images), fp32_top1, accuracy, trials)
     record["measured_on"] = TRIAL_RUNTIME

@@ -211,6 +211,36 @@ def max_drop_record(
     }
 
 
+def keep_float_until_within(
+    top1: Callable[[list[str]], float],
+    rank: Callable[[], list[dict[str, Any]]],
+    fp32_top1: float,
+    limit: float,
+) -> tuple[list[str], float]:
+    """Layers to keep float and the top-1 then: none, else the 1, 2, 4, ... most sensitive
+    (``rank`` runs only when needed) until the drop is within ``limit`` points."""
+    keep: list[str] = []
+    accuracy = top1(keep)
+    if fp32_top1 - accuracy > limit:
+        ranking = rank()
+        count = 1
+        while fp32_top1 - accuracy > limit and len(keep) < len(ranking):
+            keep = [row["layer"] for row in ranking[:count]]
+            accuracy = top1(keep)
+            count *= 2
+    return keep, accuracy
+
+
+def final_request(request: Any, keep: list[str]) -> Any:
+    """The request for the artifact itself: no ``max_drop``, ``keep`` in float."""
+    final = copy.copy(request)
+    final.quantization = {
+        key: value for key, value in request.quantization.items() if key != "max_drop"
+    }
+    final.quantization["keep_float"] = keep
+    return final
+
+
 def export_within_drop(
     target: str, model: Any, example: Any, workdir: Path, request: Any, progress: Any
 ) -> Any:
@@ -258,20 +288,13 @@ def export_within_drop(
             trials.append({"kept_float": len(exclude), "top1": value})
             return value
 
-        keep: list[str] = []
-        accuracy = top1(keep)
-        if fp32_top1 - accuracy > limit:
-            ranking = rank_layers(quantizer, np.concatenate(batches)[:SENSITIVITY_IMAGES])
-            count = 1
-            while fp32_top1 - accuracy > limit and len(keep) < len(ranking):
-                keep = [row["layer"] for row in ranking[:count]]
-                accuracy = top1(keep)
-                count *= 2
-    final = copy.copy(request)
-    final.quantization = {
-        key: value for key, value in request.quantization.items() if key != "max_drop"
-    }
-    final.quantization["keep_float"] = keep
+        keep, accuracy = keep_float_until_within(
+            top1,
+            lambda: rank_layers(quantizer, np.concatenate(batches)[:SENSITIVITY_IMAGES]),
+            fp32_top1,
+            limit,
+        )
+    final = final_request(request, keep)
     result = export_int8(model, example, workdir, final, progress)
     result.quantization = {
         **quantization_record(final, method),
