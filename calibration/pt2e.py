@@ -51,9 +51,54 @@ def quantize_pt2e(
             for start in range(0, len(batches), CALIBRATION_BATCH):
                 chunk = np.concatenate(batches[start : start + CALIBRATION_BATCH])
                 prepared(torch.from_numpy(chunk))
-            return convert_pt2e(prepared)
+            converted = convert_pt2e(prepared)
+        share_qparams_through_repeat(converted)
+        return converted
     except Exception as exc:
         raise ExportError(f"PT2E quantization failed: {_first_line(exc)}") from exc
+
+
+#: ops that move values without changing them (a repeat's input may reach it through these)
+_VALUE_PRESERVING = ("view", "unflatten", "flatten", "reshape", "squeeze", "unsqueeze", "clone")
+
+
+def share_qparams_through_repeat(graph_module: Any) -> int:
+    """Give each ``repeat``'s output quantization the parameters of its input's.
+
+    The decomposed form repeats the reduced V map before the upsampling conv. Its input range
+    comes from the v linear's output observer, its output range from the conv's input observer:
+    the same values, but the histogram observer's parameter search can land on a different
+    scale. XNNPACK lowers the repeat to reshapes (``converters.executorch.repeat_as_broadcast``),
+    and a reshape with different input and output quantization is refused when the program
+    loads ("Failed to create squeeze node ... xnn_status_invalid_parameter": seen on T@224
+    with some random inits and 256 calibration photos). A repeat changes no value, so sharing
+    the parameters is exact. Returns how many quantize nodes were changed.
+    """
+    changed = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or "repeat" not in str(node.target):
+            continue
+        source = node.args[0]
+        while source.op == "call_function" and any(
+            name in str(source.target) for name in _VALUE_PRESERVING
+        ):
+            source = source.args[0]
+        if "dequantize_per_tensor" not in str(source.target):
+            continue
+        params = tuple(source.args[1:3])
+        for user in node.users:
+            target = str(user.target)
+            if "dequantize" in target or "quantize_per_tensor" not in target:
+                continue
+            if tuple(user.args[1:3]) == params:
+                continue
+            user.args = (user.args[0], *params, *user.args[3:])
+            for consumer in user.users:
+                if "dequantize_per_tensor" in str(consumer.target):
+                    consumer.args = (consumer.args[0], *params, *consumer.args[3:])
+            changed += 1
+    graph_module.recompile()
+    return changed
 
 
 #: images per calibration forward. The observers are min/max (per tensor, per channel for

@@ -177,6 +177,19 @@ def _dequantized_weights(graph) -> int:
     return sum("dequantize_per_channel" in str(node.target) for node in graph.graph.nodes)
 
 
+def _assert_repeat_shares_qparams(graph) -> None:
+    """XNNPACK refuses reshapes whose input and output quantization differ (a repeat lowers to
+    reshapes): every repeat's output quantization equals its input's."""
+    repeats = [n for n in graph.graph.nodes if "repeat" in str(n.target)]
+    assert repeats, "the decomposed form repeats the V map"
+    for node in repeats:
+        source = node.args[0]
+        while "dequantize" not in str(source.target):
+            source = source.args[0]
+        for user in node.users:
+            assert tuple(user.args[1:3]) == tuple(source.args[1:3]), (node, user)
+
+
 def test_pt2e_keep_float_leaves_those_modules_float(tiny_model, calib) -> None:
     _skip_unless_installed("executorch")
     import torch
@@ -188,7 +201,9 @@ def test_pt2e_keep_float_leaves_those_modules_float(tiny_model, calib) -> None:
     graph = export_graph(tiny_model, "decomposed", False)
     example = torch.from_numpy(calib.inputs[:1].copy())
     batches = [calib.inputs[i : i + 1] for i in range(8)]
-    everything = _dequantized_weights(quantize_pt2e(graph, example, batches))
+    quantized = quantize_pt2e(graph, example, batches)
+    everything = _dequantized_weights(quantized)
+    _assert_repeat_shares_qparams(quantized)
     keep = ["head", "stage1.0.attn.q"]
     assert set(keep) <= set(candidate_layers(graph))
     fewer = _dequantized_weights(quantize_pt2e(graph, example, batches, keep))
