@@ -86,14 +86,14 @@ def share_qparams_through_repeat(graph_module: Any) -> int:
         if "dequantize_per_tensor" not in str(source.target):
             continue
         params = tuple(source.args[1:3])
-        for user in node.users:
+        for user in list(node.users):
             target = str(user.target)
             if "dequantize" in target or "quantize_per_tensor" not in target:
                 continue
             if tuple(user.args[1:3]) == params:
                 continue
             user.args = (user.args[0], *params, *user.args[3:])
-            for consumer in user.users:
+            for consumer in list(user.users):
                 if "dequantize_per_tensor" in str(consumer.target):
                     consumer.args = (consumer.args[0], *params, *consumer.args[3:])
             changed += 1

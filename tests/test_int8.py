@@ -193,7 +193,7 @@ def _assert_repeat_shares_qparams(graph) -> None:
 def test_pt2e_keep_float_leaves_those_modules_float(tiny_model, calib) -> None:
     _skip_unless_installed("executorch")
     import torch
-    from restv2_edge.calibration.pt2e import quantize_pt2e
+    from restv2_edge.calibration.pt2e import quantize_pt2e, share_qparams_through_repeat
     from restv2_edge.calibration.pt2e_guard import candidate_layers
 
     from restv2_edge.export import export_graph
@@ -204,6 +204,13 @@ def test_pt2e_keep_float_leaves_those_modules_float(tiny_model, calib) -> None:
     quantized = quantize_pt2e(graph, example, batches)
     everything = _dequantized_weights(quantized)
     _assert_repeat_shares_qparams(quantized)
+    # a histogram observer can give the repeated tensor its own scale: shared again
+    repeat = next(n for n in quantized.graph.nodes if "repeat" in str(n.target))
+    requant = next(iter(repeat.users))
+    requant.args = (requant.args[0], requant.args[1] * 1.01, *requant.args[2:])
+    assert share_qparams_through_repeat(quantized) == 1
+    _assert_repeat_shares_qparams(quantized)
+    assert all(tuple(d.args[1:3]) == tuple(requant.args[1:3]) for d in requant.users)
     keep = ["head", "stage1.0.attn.q"]
     assert set(keep) <= set(candidate_layers(graph))
     fewer = _dequantized_weights(quantize_pt2e(graph, example, batches, keep))
