@@ -61,21 +61,27 @@ def _fake_weight(weight: Any) -> Any:
 
 
 @contextmanager
-def _quantized(module: Any, ranges: tuple[float, float, float, float]) -> Iterator[None]:
-    """``module`` fake-quantized (input, weight, output) for the duration of the block."""
+def _quantized(module: Any, ranges: tuple[float, ...], outputs: bool = True) -> Iterator[None]:
+    """``module`` fake-quantized (input, weight and, with ``outputs``, output) for the
+    duration of the block."""
     weight = module.weight.data
     module.weight.data = _fake_weight(weight)
-    pre = module.register_forward_pre_hook(
-        lambda _, args: (_fake_activation(args[0], ranges[0], ranges[1]), *args[1:])
-    )
-    post = module.register_forward_hook(
-        lambda _, args, out: _fake_activation(out, ranges[2], ranges[3])
-    )
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _, args: (_fake_activation(args[0], ranges[0], ranges[1]), *args[1:])
+        )
+    ]
+    if outputs:
+        hooks.append(
+            module.register_forward_hook(
+                lambda _, args, out: _fake_activation(out, ranges[2], ranges[3])
+            )
+        )
     try:
         yield
     finally:
-        pre.remove()
-        post.remove()
+        for hook in hooks:
+            hook.remove()
         module.weight.data = weight
 
 
@@ -117,8 +123,13 @@ def layer_ranges(model: Any, calibration: np.ndarray) -> dict[str, tuple[float, 
     return {name: tuple(values) for name, values in ranges.items()}
 
 
-def rank_modules(model: Any, calibration: np.ndarray, images: np.ndarray) -> list[dict[str, Any]]:
-    """Every Linear/Conv2d with the logits error its (simulated) quantization alone causes."""
+def rank_modules(
+    model: Any, calibration: np.ndarray, images: np.ndarray, outputs: bool = True
+) -> list[dict[str, Any]]:
+    """Every Linear/Conv2d with the logits error its (simulated) quantization alone causes.
+
+    ``outputs``: quantize each module's output too (XNNPACKQuantizer does; NNCF, which puts
+    its FakeQuantize on the inputs of weight ops, does not)."""
     from restv2_edge.calibration.sensitivity import cosine
 
     model = model.eval()
@@ -128,7 +139,7 @@ def rank_modules(model: Any, calibration: np.ndarray, images: np.ndarray) -> lis
     for name, module in candidate_layers(model).items():
         if name not in ranges:  # not on the forward path
             continue
-        with _quantized(module, ranges[name]):
+        with _quantized(module, ranges[name], outputs):
             value = cosine(reference, _forward(model, images))
         rows.append({"layer": name, "cosine": value, "error": 1.0 - value})
     rows.sort(key=lambda row: row["error"], reverse=True)

@@ -31,7 +31,7 @@ SENSITIVITY_IMAGES = 32
 ACCURACY_LIMIT = 500
 MAX_DROP_TARGETS = ("onnx", "openvino", "executorch", "coreml")
 #: targets ``calibrate --sensitivity`` ranks layers for
-SENSITIVITY_TARGETS = ("onnx", "executorch", "coreml")
+SENSITIVITY_TARGETS = ("onnx", "openvino", "executorch", "coreml")
 
 
 class OnnxQuantizer:
@@ -124,7 +124,9 @@ def run_sensitivity(
     target: str, variant: Any, weights: str, calib: Any, images: int = SENSITIVITY_IMAGES
 ) -> dict[str, Any]:
     """Rank the layers of the checkpoint's model by their INT8 sensitivity for ``target``:
-    onnxruntime's quantizer (onnx) or the simulated XNNPACKQuantizer scheme (PT2E targets)."""
+    onnxruntime's quantizer (onnx), else a PyTorch simulation of the target's scheme
+    (calibration/pt2e_guard.py: XNNPACKQuantizer for executorch/coreml; for openvino the
+    same int8 scheme on weights and inputs only, where NNCF puts its FakeQuantize)."""
     import torch
     from restv2_edge.converters.base import get_converter
 
@@ -151,10 +153,12 @@ def run_sensitivity(
         from restv2_edge.calibration.pt2e_guard import rank_modules
 
         graph = export_graph(model, get_converter(target).graph_form, False)
-        rows = rank_modules(graph, calib.inputs, calib.inputs[:images])
+        outputs = target != "openvino"
+        rows = rank_modules(graph, calib.inputs, calib.inputs[:images], outputs)
         metric = (
             "1 - mean cosine(logits fp32, logits with only this module fake-quantized in "
-            "PyTorch: XNNPACKQuantizer scheme, min/max ranges)"
+            "PyTorch: int8 per-channel weights, per-tensor min/max activations "
+            f"({'input and output' if outputs else 'input'}))"
         )
     return {
         "target": target,

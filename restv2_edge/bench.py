@@ -844,7 +844,8 @@ def matrix_doc(report: dict[str, Any], command: str) -> str:
         "",
         "How to read it: parity is the mean cosine of the logits and the top-1 agreement "
         "against PyTorch fp32 on the parity photos, from each artifact's manifest parity "
-        "record (FAILED marks a row past the project's thresholds). Accuracy is top-1 on "
+        "record (FAILED marks a row past the project's thresholds; the top-1 shown counts every "
+        "photo, the gate only clear calls, docs/manifest.md). Accuracy is top-1 on "
         "labelled data when given (else -). Speed-up is against PyTorch eager fp32 measured "
         "in the same rounds. The floor is the time the model's MACs would take at the "
         "machine's measured peak GEMM rate for that precision (fp16 rows: the better 16-bit "

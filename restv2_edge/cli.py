@@ -316,8 +316,8 @@ def bench(ctx: click.Context, artifact_dir: tuple[str, ...], **o: Any) -> None:
               help="Rank layers by the error their INT8 quantization alone causes.")  # fmt: skip
 @click.option("--calib", type=click.Path(), default=None,
               help="--sensitivity: an existing calibration set instead of --data.")  # fmt: skip
-@click.option("--target", type=click.Choice(["onnx", "executorch", "coreml"]), default="onnx",
-              show_default=True,
+@click.option("--target", type=click.Choice(["onnx", "openvino", "executorch", "coreml"]),
+              default="onnx", show_default=True,
               help="--sensitivity: whose quantizer to probe.")  # fmt: skip
 @click.option("--variant", default=None, help="--sensitivity: T, S, B, L or a JSON config.")
 @click.option("--top", type=int, default=10, show_default=True, help="--sensitivity: rows shown.")
