@@ -8,8 +8,9 @@ The ranges are min/max (the quantizer's activation observer is a histogram), so 
 a proxy; the accuracy that ``--max-drop`` enforces is measured on the real PT2E graph.
 
 ``--max-drop P``: quantize everything with PT2E; while the top-1 drop on held-back labelled
-images exceeds P points, keep the 1, 2, 4, ... most sensitive modules in float
-(``XNNPACKQuantizer.set_module_name(name, None)``). Each trial runs the converted PT2E graph
+images exceeds P points, keep the 1, 2, 4, ... most sensitive modules in float (a node
+filter on the quantizer), then the blocks and positional modules whose own adds/matmuls/
+multiplies are int8 too (``activation_scopes``). Each trial runs the converted PT2E graph
 (quantize/dequantize ops) in PyTorch; the final artifact is built by the target's recipe with
 the same modules kept float and checked by the usual parity gate in its own runtime.
 """
@@ -28,6 +29,14 @@ from restv2_edge.calibration.pt2e import CALIBRATION_BATCH, quantize_pt2e, regro
 PT2E_TARGETS = ("executorch", "coreml")
 #: where --max-drop trials are measured (recorded in the manifest)
 TRIAL_RUNTIME = "converted PT2E graph in PyTorch (quantize/dequantize ops)"
+
+
+def activation_scopes(model: Any) -> list[str]:
+    """Modules whose own ops (residual adds, attention matmuls, the positional gating multiply)
+    the quantizer also makes int8: kept float after every Linear/Conv2d, as the last resort."""
+    from restv2_edge.model import PA, Block
+
+    return [name for name, module in model.named_modules() if isinstance(module, (Block, PA))]
 
 
 def candidate_layers(model: Any) -> dict[str, Any]:
@@ -177,7 +186,11 @@ def export_within_drop(
     def rank() -> list[dict[str, Any]]:
         progress("sensitivity")
         calibration = np.concatenate(batches)
-        return rank_modules(model, calibration, calibration[:SENSITIVITY_IMAGES])
+        ranked = rank_modules(model, calibration, calibration[:SENSITIVITY_IMAGES])
+        scopes = [
+            {"layer": name, "cosine": None, "error": None} for name in activation_scopes(model)
+        ]
+        return ranked + scopes
 
     keep, accuracy = keep_float_until_within(top1, rank, fp32_top1, limit)
     final = final_request(request, keep)

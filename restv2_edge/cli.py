@@ -508,6 +508,13 @@ def export(**o: Any) -> None:
             progress=progress,
         )
     print_parity(manifest.parity, out)
+    guard = (manifest.quantization or {}).get("max_drop")
+    if guard:
+        kept = len(manifest.quantization.get("layers_kept_float", []))
+        verdict = "within" if guard["within_limit"] else "[yellow]NOT within[/]"
+        out.print(f"max-drop: top-1 {guard['int8_top1']:.2f} % vs fp32 {guard['fp32_top1']:.2f} % "
+                  f"({guard['drop_points']:+.2f} pt, {verdict} {guard['limit_points']:g} pt), "
+                  f"{kept} layers kept float")  # fmt: skip
     out.print(f"wrote {path}")
 
 

@@ -94,6 +94,8 @@ def test_max_drop_keeps_layers_float(target, tmp_path, fixture_checkpoint, cifar
                      "--parity-data", cifar_test_tar, "--parity-limit", "16",
                      "--output", out)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    said = " ".join((result.stdout + result.stderr).split())  # the console wraps long lines
+    assert "max-drop: top-1" in said and "within 0.1 pt" in said and "NOT" not in said, said
     quantization = Manifest.read(out).quantization
     record = quantization["max_drop"]
     assert record["limit_points"] == 0.1 and record["images"] > 0
