@@ -3,10 +3,10 @@
 Only MatMul, Conv and Gemm are quantized (``op_types_to_quantize``): Q/DQ pairs around every
 Add/Mul/LayerNorm/Softmax cost more on CPU than int8 saves (docs/int8.md). The depthwise
 convolutions that resample (EMSA's strided K/V reduction, the V-upsampling conv) stay float
-(``float_convolutions``). The fp32 graph is
-exported by converters/onnx.py and pre-processed (``quant_pre_process``: symbolic shapes +
-ORT graph optimizations) before quantizing. Activations are uint8 (asymmetric), weights int8
-(symmetric, per output channel): the U8S8 kernels of onnxruntime on x86 (VNNI).
+(``float_convolutions``). The fp32 graph is exported by converters/onnx.py and pre-processed
+(``quant_pre_process``: symbolic shapes + ORT graph optimizations) before quantizing.
+Activations are uint8 (asymmetric), weights int8 (symmetric, per output channel): the U8S8
+kernels of onnxruntime on x86 (VNNI).
 """
 
 from __future__ import annotations

@@ -66,8 +66,6 @@ def export_int8_within_drop(
 
     from restv2_edge.parity import torch_logits
 
-    if request.raw_input:
-        raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
     images, labels = held_back_data(request, model_preprocessing(model))
     fp32_top1 = float((torch_logits(model, images).argmax(1) == labels).mean() * 100)
     return _export(model, example, workdir, request, progress, (images, labels, fp32_top1))

@@ -202,7 +202,7 @@ def held_back_data(
 def max_drop_record(
     request: Any, limit: float, images: int, fp32_top1: float, int8_top1: float, trials: list
 ) -> dict[str, Any]:
-    """The manifest's ``quantization.max_drop`` (shared by the onnx and openvino guards)."""
+    """The manifest's ``quantization.max_drop`` (shared by every target's guard)."""
     return {
         "limit_points": limit,
         "data": str(request.quantization.get("accuracy_data") or "cifar10/test.tar"),
@@ -265,9 +265,10 @@ def export_within_drop(
         from restv2_edge.calibration.openvino import export_int8_within_drop
 
         return export_int8_within_drop(model, example, workdir, request, progress)
-    if target in ("executorch", "coreml"):
-        from restv2_edge.calibration.pt2e_guard import export_within_drop as pt2e_within_drop
+    from restv2_edge.calibration.pt2e_guard import PT2E_TARGETS
+    from restv2_edge.calibration.pt2e_guard import export_within_drop as pt2e_within_drop
 
+    if target in PT2E_TARGETS:
         if request.quantization.get("weights_only"):
             raise ExportError("--max-drop needs calibrated W8A8 int8, not --weights-only")
         return pt2e_within_drop(target, model, example, workdir, request, progress)

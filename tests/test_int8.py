@@ -142,6 +142,17 @@ def test_int8_refusals(tiny_model, calib, tmp_path) -> None:
     assert not (tmp_path / "onnx").exists()
 
 
+@pytest.mark.parametrize("target", ["openvino", "executorch"])
+def test_max_drop_refuses_raw_input(tiny_model, calib, tmp_path, target) -> None:
+    _skip_unless_installed(target)
+    request = ExportRequest(
+        precision="int8", calibration=calib, raw_input=True, quantization={"max_drop": 0.5}
+    )
+    with pytest.raises(ExportError, match="normalized-input"):
+        export_artifact(tiny_model, target, tmp_path / target, request, parity_limit=8)
+    assert not (tmp_path / target).exists()
+
+
 def test_cli_export_int8_calib_data(tiny_checkpoint, photo_dir, tmp_path) -> None:
     _skip_unless_installed("onnx")
     out = tmp_path / "art"
