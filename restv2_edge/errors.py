@@ -42,3 +42,7 @@ class ParityError(RestV2EdgeError):
 
 class RunnerUnavailableError(RestV2EdgeError):
     """The artifact is fine but cannot run on this machine (e.g. Core ML off macOS)."""
+
+
+class OutputError(RestV2EdgeError):
+    """An output that exists (without --force), cannot be written, or was taken meanwhile."""
