@@ -159,15 +159,22 @@ def build_calibration_set(
     )
 
 
-def save_calibration_set(calib: CalibrationSet, folder: str | os.PathLike[str]) -> Path:
-    """Write ``inputs.npy`` + ``calibration.json`` into ``folder`` (created)."""
+def save_calibration_set(
+    calib: CalibrationSet, folder: str | os.PathLike[str], force: bool = False
+) -> Path:
+    """Publish ``inputs.npy`` + ``calibration.json`` as the folder ``folder``.
+
+    An existing folder is replaced only with ``force`` (``restv2_edge.publish``).
+    """
+    from restv2_edge.publish import staged_dir
+
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / INPUTS_FILE, np.ascontiguousarray(calib.inputs, dtype=np.float32))
-        (folder / MANIFEST_FILE).write_text(json.dumps(calib.to_json(), indent=2) + "\n")
-    except OSError as exc:
-        raise DataError(f"cannot write calibration set to {folder}: {exc}") from None
+    with staged_dir(folder, force) as work:
+        try:
+            np.save(work / INPUTS_FILE, np.ascontiguousarray(calib.inputs, dtype=np.float32))
+            (work / MANIFEST_FILE).write_text(json.dumps(calib.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            raise DataError(f"cannot write calibration set to {folder}: {exc}") from None
     return folder
 
 
@@ -182,10 +189,20 @@ def load_calibration_set(folder: str | os.PathLike[str]) -> CalibrationSet:
         )
     try:
         meta = json.loads(meta_path.read_text())
+        version = meta.get("version")
+        if meta.get("format") != "restv2-edge-calibration" or not isinstance(version, int):
+            raise DataError(f"{folder}: {MANIFEST_FILE} is not a restv2-edge calibration set")
+        if version > FORMAT_VERSION:
+            raise DataError(
+                f"{folder}: calibration set version {version} is newer than this restv2-edge "
+                f"reads ({FORMAT_VERSION}); upgrade restv2-edge"
+            )
         inputs = np.load(inputs_path, allow_pickle=False)
         pre = Preprocessing.from_dict(meta["preprocessing"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{folder}: unreadable calibration set: {exc}") from None
+    if pre.problems():
+        raise DataError(f"{folder}: calibration preprocessing: {pre.problems()[0]}")
     if inputs.dtype != np.float32 or inputs.ndim != 4 or inputs.shape[1] != 3:
         raise DataError(f"{folder}: {INPUTS_FILE} must be (N, 3, S, S) float32")
     calib = CalibrationSet(

@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 from restv2_edge.config import ModelConfig
 from restv2_edge.errors import CheckpointError
 from restv2_edge.preprocess import Preprocessing
+from restv2_edge.publish import staged_file
 
 OWN_FORMAT_KEY = "restv2_edge"
 OWN_FORMAT_VERSION = 1
@@ -215,16 +215,31 @@ def _read_safetensors(path: Path) -> Checkpoint:
         return Checkpoint(state_dict=state)
     try:
         meta = json.loads(metadata[OWN_FORMAT_KEY])
-        return Checkpoint(
+        version = meta.get("format_version", 1)
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path.name}: damaged restv2-edge metadata ({exc})") from None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path.name}: format_version {version!r} is not a version")
+    if version > OWN_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name}: restv2-edge checkpoint format_version {version} is newer than this "
+            f"restv2-edge reads ({OWN_FORMAT_VERSION}); upgrade restv2-edge"
+        )
+    try:
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+        checkpoint = Checkpoint(
             state_dict=state,
             config=ModelConfig.from_dict(meta["config"]),
             image_size=int(meta["image_size"]),
             class_names=list(meta["class_names"]),
-            preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+            preprocessing=pre,
             extra=meta.get("extra", {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: damaged restv2-edge metadata ({exc})") from None
+    if pre.problems():
+        raise CheckpointError(f"{path.name}: damaged preprocessing: {pre.problems()[0]}")
+    return checkpoint
 
 
 def save_checkpoint(
@@ -234,8 +249,12 @@ def save_checkpoint(
     preprocessing: Preprocessing,
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    force: bool = True,
 ) -> Path:
-    """Write the own format atomically: official-layout tensors + full metadata."""
+    """Write the own format atomically: official-layout tensors + full metadata.
+
+    ``force`` False refuses to replace an existing file (checked again when publishing).
+    """
     from safetensors.torch import save_file
 
     if len(class_names) != model.config.num_classes:
@@ -257,26 +276,6 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with staged_file(path, force) as tmp:
         save_file(state, str(tmp), metadata={OWN_FORMAT_KEY: json.dumps(meta)})
     return path
-
-
-class atomic_path:
-    """Context manager yielding a temp path beside ``path``; renamed over it on success only."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)

@@ -6,15 +6,31 @@ Heavy imports (torch, backends) happen inside each command, so ``--help`` stays 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import click
 
+from restv2_edge.cli_types import (
+    POSITIVE_INT,
+    FiniteFloat,
+    FloatTriple,
+    ImageSize,
+    OutputPath,
+    ReportPath,
+)
 from restv2_edge.errors import RestV2EdgeError
+from restv2_edge.publish import write_report
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEBUG_ENV = "RESTV2_EDGE_DEBUG"
+#: set by ``--debug``: unexpected errors show their traceback
+DEBUG: ContextVar[bool] = ContextVar("restv2_edge_debug", default=False)
+#: the step running now, named in the one-line message of an unexpected error
+STEP: ContextVar[str] = ContextVar("restv2_edge_step", default="")
 
 
 def parse_variant(value: str | None) -> Any:
@@ -39,6 +55,23 @@ def parse_variant(value: str | None) -> Any:
         raise ConfigError(f"variant config is not valid JSON: {exc}") from None
 
 
+def given(name: str) -> bool:
+    """Whether the user set parameter ``name`` (command line or environment), not its default."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def refuse_unused(names: list[str], why: str) -> None:
+    """A usage error for the first of ``names`` the user gave although it would do nothing."""
+    ctx = click.get_current_context()
+    for name in names:
+        if given(name):
+            param = next(p for p in ctx.command.params if p.name == name)
+            raise click.UsageError(f"{param.opts[0]} does nothing {why}")
+
+
 def console():
     from rich.console import Console
 
@@ -47,14 +80,18 @@ def console():
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="restv2-edge", prog_name="restv2-edge")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar=DEBUG_ENV,
+              help=f"Show the traceback of an unexpected error (or {DEBUG_ENV}=1).")  # fmt: skip
+def main(debug: bool) -> None:
     """ResTv2 image classifiers for phones and edge devices: export, quantize, verify, benchmark."""
+    if debug:
+        DEBUG.set(True)
 
 
 @main.command()
 @click.option("--variant", default="T", show_default=True, help="T, S, B, L or a JSON config.")
-@click.option("--image-size", type=int, default=224, show_default=True)
-@click.option("--num-classes", type=int, default=None)
+@click.option("--image-size", type=ImageSize(), default=224, show_default=True)
+@click.option("--num-classes", type=POSITIVE_INT, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(variant: str, image_size: int, num_classes: int | None, as_json: bool) -> None:
     """Parameters and multiply-accumulates per stage and in total."""
@@ -71,23 +108,23 @@ def info(variant: str, image_size: int, num_classes: int | None, as_json: bool) 
 @click.option("--data", required=True, type=click.Path(), help="ImageFolder directory or tar.")
 @click.option("--split", default=None, help="Split folder inside --data (e.g. train).")
 @click.option("--variant", default="T", show_default=True, help="T, S, B, L or a JSON config.")
-@click.option("--image-size", type=int, default=224, show_default=True)
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--warmup-epochs", type=float, default=2.0, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--image-size", type=ImageSize(), default=224, show_default=True)
+@click.option("--epochs", type=POSITIVE_INT, default=30, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=128, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, low_open=True), default=2e-3, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(0), default=0.05, show_default=True)
+@click.option("--warmup-epochs", type=FiniteFloat(0), default=2.0, show_default=True)
+@click.option("--label-smoothing", type=FiniteFloat(0, 0.99), default=0.1, show_default=True)
 @click.option(
     "--min-scale",
-    type=float,
+    type=FiniteFloat(0, 1, low_open=True),
     default=0.25,
     show_default=True,
     help="Smallest crop area of the random resized crop.",
 )
 @click.option(
     "--crop-pct",
-    type=float,
+    type=FiniteFloat(0, 1, low_open=True),
     default=0.875,
     show_default=True,
     help="Eval crop fraction recorded in the checkpoint (1.0 for tiny images).",
@@ -96,17 +133,21 @@ def info(variant: str, image_size: int, num_classes: int | None, as_json: bool) 
 @click.option("--val-data", type=click.Path(), default=None)
 @click.option("--val-split", default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--limit", type=int, default=None, help="Use only the first N images.")
+@click.option("--threads", type=POSITIVE_INT, default=None)
+@click.option("--limit", type=POSITIVE_INT, default=None, help="Use only the first N images.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.train-state.pt.")
-@click.option("--output", required=True, type=click.Path(), help="Checkpoint (.safetensors).")
+@click.option("--output", required=True, type=OutputPath(dir_okay=False),
+              help="Checkpoint (.safetensors).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace an existing output checkpoint.")
 def train(**options: Any) -> None:
     """Train or fine-tune ResTv2 on labelled images; writes the own checkpoint format."""
+    from restv2_edge.publish import check_output
     from restv2_edge.train import TrainSettings
     from restv2_edge.train import train as run_training
 
     options["variant"] = parse_variant(options["variant"])
     settings = TrainSettings(**options)
+    check_output(settings.output, settings.force)
     out = console()
     with _TrainDisplay(out) as display:
         path = run_training(settings, display.update)
@@ -170,7 +211,7 @@ class _TrainDisplay:
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--output", required=True, type=click.Path(), help="Folder for the golden vectors.")
+@click.option("--output", required=True, type=OutputPath(), help="Folder for the golden vectors.")
 @click.option("--images", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
     "--data",
@@ -303,15 +344,19 @@ def bench(ctx: click.Context, artifact_dir: tuple[str, ...], **o: Any) -> None:
 @click.option("--data", type=click.Path(), default=None, help="Image folder or tar to draw from.")
 @click.option("--size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Number of images.")  # fmt: skip
-@click.option("--image-size", type=int, default=None,
+@click.option("--image-size", type=ImageSize(), default=None,
               help="Input resolution (default: the checkpoint's, else 224).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", type=click.Path(), default=None,
               help="Checkpoint (own format: its preprocessing); --sensitivity.")  # fmt: skip
-@click.option("--crop-pct", type=float, default=None, help="Default 0.875 or the checkpoint's.")
-@click.option("--mean", default=None, help="Three comma-separated floats (default ImageNet).")
-@click.option("--std", default=None, help="Three comma-separated floats (default ImageNet).")
-@click.option("--output", type=click.Path(), default=None, help="Calibration set folder.")
+@click.option("--crop-pct", type=FiniteFloat(0, 1, low_open=True), default=None,
+              help="Default 0.875 or the checkpoint's.")  # fmt: skip
+@click.option("--mean", type=FloatTriple(), default=None,
+              help="Three comma-separated floats (default ImageNet).")  # fmt: skip
+@click.option("--std", type=FloatTriple(positive=True), default=None,
+              help="Three comma-separated positive floats (default ImageNet).")  # fmt: skip
+@click.option("--output", type=OutputPath(), default=None, help="Calibration set folder.")
+@click.option("--force", is_flag=True, help="Replace an existing calibration set folder.")
 @click.option("--sensitivity", is_flag=True,
               help="Rank layers by the error their INT8 quantization alone causes.")  # fmt: skip
 @click.option("--calib", type=click.Path(), default=None,
@@ -320,8 +365,9 @@ def bench(ctx: click.Context, artifact_dir: tuple[str, ...], **o: Any) -> None:
               default="onnx", show_default=True,
               help="--sensitivity: whose quantizer to probe.")  # fmt: skip
 @click.option("--variant", default=None, help="--sensitivity: T, S, B, L or a JSON config.")
-@click.option("--top", type=int, default=10, show_default=True, help="--sensitivity: rows shown.")
-@click.option("--json", "json_file", type=click.Path(), default=None,
+@click.option("--top", type=POSITIVE_INT, default=10, show_default=True,
+              help="--sensitivity: rows shown.")  # fmt: skip
+@click.option("--json", "json_file", type=ReportPath(), default=None,
               help="--sensitivity: write the ranking.")  # fmt: skip
 def calibrate(**o: Any) -> None:
     """Build a reusable INT8 calibration set (or, with --sensitivity, rank layers)."""
@@ -333,8 +379,13 @@ def calibrate(**o: Any) -> None:
         load_calibration_set,
         save_calibration_set,
     )
+    from restv2_edge.publish import check_output
 
     out = console()
+    if not o["sensitivity"]:
+        refuse_unused(["calib", "target", "variant", "top", "json_file"], "without --sensitivity")
+    if o["output"] and not o["calib"]:
+        check_output(o["output"], o["force"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if o["calib"]:
@@ -348,7 +399,7 @@ def calibrate(**o: Any) -> None:
             with out.status(f"calibration set: {o['size']} images from {o['data']}..."):
                 calib = build_calibration_set(o["data"], o["size"], pre, o["seed"])
             if o["output"]:
-                save_calibration_set(calib, o["output"])
+                save_calibration_set(calib, o["output"], o["force"])
             elif not o["sensitivity"]:
                 raise click.UsageError("give --output for the calibration set")
     for warning in caught:
@@ -366,11 +417,16 @@ def calibrate(**o: Any) -> None:
         with out.status("sensitivity..."):
             report = run_sensitivity(o["target"], parse_variant(o["variant"]), o["weights"], calib)
         if o["json_file"]:
-            Path(o["json_file"]).write_text(json.dumps(report, indent=2) + "\n")
+            write_report(o["json_file"], json.dumps(report, indent=2) + "\n")
         render_sensitivity(report, o["top"], click.echo)
 
 
 TARGET_NAMES = ["onnx", "openvino", "executorch", "coreml"]
+#: export options that only an INT8 export reads
+INT8_OPTIONS = [
+    "calib", "calib_data", "calib_size", "calib_method", "weights_only", "max_drop",
+    "accuracy_data",
+]  # fmt: skip
 
 
 class StepProgress:
@@ -389,6 +445,7 @@ class StepProgress:
         import time
 
         self._finish()
+        STEP.set(step)
         self.step, self.started = step, time.perf_counter()
         self.status = self.out.status(f"{step}...")
         self.status.__enter__()
@@ -427,7 +484,7 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 )
 @click.option(
     "--image-size",
-    type=int,
+    type=ImageSize(),
     default=None,
     help="Input resolution (default 224 or the checkpoint's).",
 )
@@ -447,11 +504,13 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 @click.option(
     "--deployment-target", default=None, help="Core ML minimum deployment target (default iOS17)."
 )
-@click.option("--output", type=click.Path(), default=None, help="Artifact folder.")
+@click.option("--output", type=OutputPath(), default=None, help="Artifact folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-verify", is_flag=True, help="Keep the artifact even if parity fails.")
-@click.option("--parity-data", type=click.Path(), default=None, help="Photos for the parity gate.")
-@click.option("--parity-limit", type=int, default=16, show_default=True)
+@click.option("--parity-data", type=click.Path(exists=True), default=None,
+              help="Photo folder or tar for the parity gate (default: the shared ImageNet "
+              "sample; seeded synthetic images, with a warning, where it is missing).")  # fmt: skip
+@click.option("--parity-limit", type=POSITIVE_INT, default=16, show_default=True)
 @click.option("--int8", is_flag=True, help="INT8 post-training quantization (needs calibration).")
 @click.option("--calib", type=click.Path(), default=None,
               help="--int8: a calibration set from restv2-edge calibrate.")  # fmt: skip
@@ -462,7 +521,7 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
               default="percentile", show_default=True, help="--int8: onnx ranges.")  # fmt: skip
 @click.option("--weights-only", is_flag=True,
               help="--int8 coreml: int8 weights, float activations (no calibration).")  # fmt: skip
-@click.option("--max-drop", type=float, default=None,
+@click.option("--max-drop", type=FiniteFloat(0, 100), default=None,
               help="--int8: keep layers float until the top-1 drop is <= P points.")  # fmt: skip
 @click.option("--accuracy-data", type=click.Path(), default=None,
               help="--max-drop: held-back labelled data (default: CIFAR-10 test).")  # fmt: skip
@@ -472,10 +531,18 @@ def export(**o: Any) -> None:
     from restv2_edge.export import export_artifact
 
     out = console()
-    converter = get_converter(o["target"])
-    converter.check_installed()
     if o["int8"] and o["precision"]:
         raise click.UsageError("--int8 and --precision exclude each other")
+    if not o["int8"]:
+        refuse_unused(INT8_OPTIONS, "without --int8")
+    if o["max_drop"] is None:
+        refuse_unused(["accuracy_data"], "without --max-drop")
+    if o["output"]:
+        from restv2_edge.publish import check_output
+
+        check_output(o["output"], o["force"])
+    converter = get_converter(o["target"])
+    converter.check_installed()
     precision = "int8" if o["int8"] else o["precision"] or converter.default_precision
     options = {}
     if o["deployment_target"]:
@@ -529,15 +596,20 @@ def print_parity(parity: dict[str, Any], out: Any) -> None:
     if status == "not run":
         out.print(f"parity: [yellow]not run[/] ({parity.get('reason')})")
         return
+    from restv2_edge.parity import SYNTHETIC_WARNING
+
     m = parity["metrics"]
     color = "green" if status == "passed" else "red"
     out.print(
-        f"parity [{color}]{status}[/] via {parity['runner']} on {m['images']} images: "
+        f"parity [{color}]{status}[/] via {parity['runner']} on {parity.get('data')}: "
         f"max|dlogit| {m['max_abs_diff']:.2e}, cosine min {m['cosine_min']:.6f}, "
-        f"top-1 {m['top1_agreement']:.1%}, top-5 {m['top5_agreement']:.1%}"
+        f"top-1 {m['top1_agreement']:.1%}, top-5 {m['top5_agreement']:.1%}",
+        highlight=False,
     )
     for failure in parity.get("failures", []):
         out.print(f"  [red]past threshold:[/] {failure}")
+    if parity.get("synthetic"):
+        out.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}", highlight=False)
 
 
 @main.command()
@@ -551,8 +623,8 @@ def print_parity(parity: dict[str, Any], out: Any) -> None:
     default=None,
     help="Photo folder (default: the shared ImageNet sample).",
 )
-@click.option("--limit", type=int, default=64, show_default=True)
-@click.option("--json", "json_file", type=click.Path(), default=None)
+@click.option("--limit", type=POSITIVE_INT, default=64, show_default=True)
+@click.option("--json", "json_file", type=ReportPath(), default=None)
 def parity(
     artifact: str, weights: str, data: str | None, limit: int, json_file: str | None
 ) -> None:
@@ -570,16 +642,33 @@ def parity(
     inputs = load_inputs(manifest.preprocessing(), data, limit)
     record = measure(runner, reference, inputs, manifest.precision)
     if json_file:
-        Path(json_file).write_text(json.dumps(record, indent=2) + "\n")
+        write_report(json_file, json.dumps(record, indent=2) + "\n")
     print_parity(record, out)
     if record["status"] != "passed":
         raise ParityError(f"{artifact}: parity failed")
+    if not inputs.synthetic and gate_was_synthetic(manifest.parity):
+        replace_parity_record(Path(artifact), manifest, record)
+        out.print("manifest: the synthetic-image parity record is replaced by this one")
+
+
+def gate_was_synthetic(record: dict[str, Any]) -> bool:
+    return bool(record.get("synthetic")) or record.get("data") == "synthetic"
+
+
+def replace_parity_record(folder: Path, manifest: Any, record: dict[str, Any]) -> None:
+    """Rewrite manifest.json with ``record`` as its parity (files and hashes unchanged)."""
+    from restv2_edge.manifest import MANIFEST_NAME
+    from restv2_edge.publish import staged_file
+
+    manifest.parity = record
+    with staged_file(folder / MANIFEST_NAME, force=True) as tmp:
+        tmp.write_text(manifest.to_json())
 
 
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--top", type=POSITIVE_INT, default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
     """Top-k class names with probabilities, using only the manifest and the runtime."""
@@ -604,8 +693,9 @@ def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> 
 @click.argument("model", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Labelled ImageFolder dir or tar.")
 @click.option("--split", default=None, help="Split folder inside --data (e.g. test).")
-@click.option("--limit", type=int, default=None, help="At most N images, spread over classes.")
-@click.option("--json", "json_file", type=click.Path(), default=None)
+@click.option("--limit", type=POSITIVE_INT, default=None,
+              help="At most N images, spread over classes.")  # fmt: skip
+@click.option("--json", "json_file", type=ReportPath(), default=None)
 def evaluate_command(model: str, data: str, split: str | None, limit: int | None,
                      json_file: str | None) -> None:  # fmt: skip
     """Top-1/top-5 of a checkpoint or an exported artifact on labelled images."""
@@ -623,13 +713,18 @@ def evaluate_command(model: str, data: str, split: str | None, limit: int | None
 
         result = evaluate(model, data, split, limit, progress=update)
     if json_file:
-        Path(json_file).write_text(json.dumps(result, indent=2) + "\n")
+        write_report(json_file, json.dumps(result, indent=2) + "\n")
     out.print(f"{result['runner']}: top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  "
               f"on {result['images']} images ({result['skipped']} skipped)")  # fmt: skip
 
 
 def run() -> None:
-    """Console-script entry: one line on error, non-zero exit, never a traceback."""
+    """Console-script entry: one line on error, non-zero exit, never a traceback.
+
+    This is the one error boundary: project errors print as they are; anything else becomes
+    one line naming the command, the step and the exception (the traceback only with
+    ``--debug`` or RESTV2_EDGE_DEBUG=1).
+    """
     try:
         main(standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -641,11 +736,38 @@ def run() -> None:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
     except RestV2EdgeError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if debugging():
+            raise
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if debugging():
+            raise
+        click.echo(f"error: {unexpected_error_line(exc)}", err=True)
+        sys.exit(1)
+
+
+def debugging() -> bool:
+    return DEBUG.get() or os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes"}
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def unexpected_error_line(exc: BaseException) -> str:
+    """``COMMAND (step STEP) failed: Type: message`` for an error no module anticipated."""
+    argv = [a for a in sys.argv[1:] if not a.startswith("-")]
+    where = argv[0] if argv else "restv2-edge"
+    if STEP.get():
+        where += f" ({STEP.get()})"
+    detail = one_line(str(exc))[:300]
+    kind = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return f"{where} failed: {kind} (rerun with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -89,6 +89,15 @@ def variant_name(config: ModelConfig) -> str | None:
 
 def check_image_size(image_size: int) -> int:
     """Input resolutions must be static multiples of 32, at least 64."""
-    if not isinstance(image_size, int) or image_size < 64 or image_size % 32:
-        raise ConfigError(f"image size must be a multiple of 32 and >= 64, got {image_size}")
+    from restv2_edge.preprocess import MAX_IMAGE_SIZE
+
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or not 64 <= image_size <= MAX_IMAGE_SIZE
+        or image_size % 32
+    ):
+        raise ConfigError(
+            f"image size must be a multiple of 32 in 64..{MAX_IMAGE_SIZE}, got {image_size}"
+        )
     return image_size

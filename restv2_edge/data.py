@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,17 @@ class ImageSource:
         """Decode one image as RGB, turned upright per its EXIF orientation (as the apps and
         phone galleries show it) unless ``upright`` is False; a corrupt file raises DataError."""
         try:
-            with Image.open(io.BytesIO(self.read(key))) as image:
-                image.load()
-                rgb = image.convert("RGB")
-                return upright_image(rgb, image.getexif().get(0x0112)) if upright else rgb
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(self.read(key))) as image:
+                    image.load()
+                    rgb = image.convert("RGB")
+                    return upright_image(rgb, image.getexif().get(0x0112)) if upright else rgb
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(
+                f"image {key} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} "
+                "pixels: a decompression bomb or a photo to downscale first)"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"unreadable image {key}: {exc}") from None
 

@@ -1,16 +1,16 @@
 """The export pipeline shared by every target: convert, write manifest, verify, publish.
 
-Everything is written into a temporary folder beside the output and renamed into place only
-when the artifact passed its parity gate (or ``verify=False``), so an interrupted or failed
-export never leaves anything under the output name.
+Everything is written into a work folder beside the output and published
+(``restv2_edge.publish``) only when the artifact passed its parity gate (or ``verify=False``),
+so an interrupted or failed export never leaves anything under the output name, and an output
+that exists is replaced only with ``force``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,12 @@ import torch
 from restv2_edge import __version__
 from restv2_edge.config import variant_name
 from restv2_edge.converters.base import ExportRequest, get_converter
-from restv2_edge.errors import ExportError, ParityError, RunnerUnavailableError
+from restv2_edge.errors import ExportError, ParityError, RestV2EdgeError, RunnerUnavailableError
 from restv2_edge.factory import with_form
-from restv2_edge.manifest import Manifest
+from restv2_edge.manifest import Manifest, verify_files
 from restv2_edge.model import RawInput, ResTV2, fold_attention_scale
 from restv2_edge.parity import load_inputs, measure
+from restv2_edge.publish import staged_dir
 
 Progress = Callable[[str], None]
 
@@ -98,21 +99,19 @@ def export_artifact(
     converter.check_installed()
     converter.check_request(request)
     output = Path(output)
-    if output.exists() and not force:
-        raise ExportError(f"{output} exists; pass --force to replace it")
-    work = _make_workdir(output)
-    try:
+    with staged_dir(output, force) as work:
         form = converter.graph_form_for(request)
         progress("export")
         graph = export_graph(model, form, request.raw_input)
         reference = artifact_model(model, "native", request.raw_input)
         example = _example_input(model, request)
-        if request.precision == "int8":
-            from restv2_edge.calibration.recipes import export_int8
+        with backend_errors(f"{target} {request.precision} conversion"):
+            if request.precision == "int8":
+                from restv2_edge.calibration.recipes import export_int8
 
-            result = export_int8(converter.name, graph, example, work, request, progress)
-        else:
-            result = converter.export(graph, example, work, request, progress)
+                result = export_int8(converter.name, graph, example, work, request, progress)
+            else:
+                result = converter.export(graph, example, work, request, progress)
         progress("write")
         manifest = build_manifest(model, target, request, result, form)
         manifest.write(work)
@@ -126,10 +125,6 @@ def export_artifact(
                 f"{target} {request.precision} artifact failed parity: "
                 + "; ".join(manifest.parity["failures"])
             )
-        _publish(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return output, manifest
 
 
@@ -142,12 +137,26 @@ def _verify(
     data: Any,
     limit: int | None,
 ) -> dict[str, Any]:
+    verify_files(work, manifest)
     try:
-        runner = converter.load(work, manifest)
+        with backend_errors(f"loading the new {manifest.target} artifact in its runtime"):
+            runner = converter.load(work, manifest)
     except RunnerUnavailableError as exc:
         return {"status": "not run", "reason": str(exc)}
     inputs = load_inputs(manifest.preprocessing(), data, limit)
     return measure(runner, reference, inputs, request.precision)
+
+
+@contextlib.contextmanager
+def backend_errors(step: str) -> Iterator[None]:
+    """The converter boundary: a backend's own exception becomes one ExportError line."""
+    try:
+        yield
+    except (RestV2EdgeError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ExportError(f"{step} failed: {type(exc).__name__}: {first[:300]}") from exc
 
 
 def _example_input(model: ResTV2, request: ExportRequest) -> torch.Tensor:
@@ -155,22 +164,3 @@ def _example_input(model: ResTV2, request: ExportRequest) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(request.batch_size, 3, size, size, generator=generator)
     return (x * 60 + 120).clamp(0, 255) if request.raw_input else x
-
-
-def _make_workdir(output: Path) -> Path:
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write to {output.parent}: {exc.strerror or exc}") from None
-
-
-def _publish(work: Path, output: Path) -> None:
-    """Rename the finished folder into place (replacing an old one only at the last moment)."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    os.replace(work, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

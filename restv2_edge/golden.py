@@ -23,14 +23,14 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from restv2_edge.errors import ArtifactError, DataError
+from restv2_edge.errors import DataError
 from restv2_edge.manifest import MANIFEST_NAME
+from restv2_edge.publish import check_output, staged_dir
 
 GOLDEN_FORMAT = "restv2-edge-golden"
 GOLDEN_VERSION = 1
@@ -96,15 +96,13 @@ def write_golden(
         raise DataError("--images must be at least 1")
     artifact = Path(artifact)
     output = Path(output)
-    if output.exists() and not force:
-        raise ArtifactError(f"{output} exists; pass --force to replace it")
+    check_output(output, force)
     manifest, runner = open_artifact(artifact)
     names = manifest.class_names(artifact)
     pre = manifest.preprocessing()
     source, keys = _photos(data, images)
 
-    work = _make_workdir(output)
-    try:
+    with staged_dir(output, force) as work:
         shutil.copyfile(artifact / MANIFEST_NAME, work / MANIFEST_NAME)
         entries, inputs, skipped = [], [], []
         for key in keys:
@@ -163,10 +161,6 @@ def write_golden(
             "images": entries,
         }
         (work / GOLDEN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        _publish(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return output, index
 
 
@@ -186,24 +180,3 @@ def read_golden(folder: str | os.PathLike[str]) -> dict[str, Any]:
                 spec["shape"]
             )
     return index
-
-
-def _make_workdir(output: Path) -> Path:
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-        work.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
-        return work
-    except OSError as exc:
-        raise ArtifactError(f"cannot write to {output.parent}: {exc.strerror or exc}") from None
-
-
-def _publish(work: Path, output: Path) -> None:
-    """Rename the finished folder into place, replacing an old one only at the last moment."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    os.replace(work, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from restv2_edge.errors import ArtifactError
@@ -19,6 +19,8 @@ from restv2_edge.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: a manifest is a few kB (1000 labels included); anything far larger is not one
+MAX_MANIFEST_BYTES = 4 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -122,29 +124,100 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: str | os.PathLike[str]) -> Manifest:
+        """Parse and validate manifest.json (types, ranges, format version); no hashing."""
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if not folder.is_dir():
             raise ArtifactError(f"not an artifact folder: {folder}")
+        if path.is_symlink():
+            raise ArtifactError(f"{path} is a symbolic link; an artifact holds plain files only")
         if not path.is_file():
             raise ArtifactError(f"{folder} is not a restv2-edge artifact (no {MANIFEST_NAME})")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
         try:
-            data = json.loads(path.read_text())
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise ArtifactError(f"{path}: malformed manifest ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST_NAME) -> Manifest:
+        from restv2_edge.manifest_schema import check_manifest
+
+        problems = check_manifest(data, FORMAT_VERSION)
+        if problems:
+            raise ArtifactError(f"{where}: {problems[0]}")
+        return cls(**data)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def verify_files(folder: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:
-    """Read the manifest and check every listed file's size and sha256; raise on mismatch."""
+    """Validate the manifest and check every file before any runtime reads one.
+
+    Paths must be relative and stay inside the folder, nothing may be a symbolic link, every
+    listed file must match its size and sha256, ``model_file`` (and a labels file) must be
+    listed, and the folder may hold no file the manifest does not list.
+    """
     folder = Path(folder)
     manifest = manifest or Manifest.read(folder)
-    if not manifest.files:
-        raise ArtifactError(f"{folder}: manifest lists no files")
+    root = folder.resolve()
+    listed = {entry["path"] for entry in manifest.files}
     for entry in manifest.files:
-        path = folder / entry["path"]
+        path = _inside(folder, root, entry["path"])
         if not path.is_file():
             raise ArtifactError(f"{folder}: missing file {entry['path']}")
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{folder}: {entry['path']} does not match its sha256 (tampered?)")
+    for name in _model_paths(manifest):
+        if name not in listed and not any(p.startswith(name + "/") for p in listed):
+            raise ArtifactError(f"{folder}: {name} is not among the manifest's hashed files")
+    extra = sorted(set(_all_files(folder, root)) - listed)
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ArtifactError(
+            f"{folder}: {extra[0]}{more} is not listed in the manifest; an artifact holds only "
+            "the files its manifest hashes"
+        )
     return manifest
+
+
+def _model_paths(manifest: Manifest) -> list[str]:
+    names = [manifest.model_file]
+    if isinstance(manifest.labels, str):
+        names.append(manifest.labels)
+    return names
+
+
+def _inside(folder: Path, root: Path, relative: str) -> Path:
+    """``folder / relative``, refusing symbolic links on the way and paths that leave it."""
+    path = folder
+    for part in PurePosixPath(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            raise ArtifactError(
+                f"{folder}: {relative} goes through a symbolic link; an artifact holds plain "
+                "files only"
+            )
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ArtifactError(f"{folder}: {relative} points outside the artifact folder")
+    return path
+
+
+def _all_files(folder: Path, root: Path) -> list[str]:
+    """Every file and link under ``folder`` but the manifest, as posix relative paths."""
+    found = []
+    for base, dirs, files in os.walk(folder):
+        base_path = Path(base)
+        for name in dirs:
+            if (base_path / name).is_symlink():
+                found.append((base_path / name).relative_to(folder).as_posix())
+        for name in files:
+            rel = (base_path / name).relative_to(folder).as_posix()
+            if rel != MANIFEST_NAME:
+                found.append(rel)
+    return found

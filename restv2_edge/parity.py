@@ -30,7 +30,19 @@ CLOSE_CALL_ERRORS = 2.0
 class ParityInputs:
     images: np.ndarray  # (N, 3, S, S) float32, as the artifact expects
     names: list[str]
-    source: str  # where the images came from ("synthetic" when no photo was found)
+    folder: str | None  # the photo folder; None for seeded synthetic images
+
+    @property
+    def synthetic(self) -> bool:
+        return self.folder is None
+
+    @property
+    def source(self) -> str:
+        """What the gate ran on, as the manifest and the printed line say it."""
+        count = len(self.names)
+        if self.synthetic:
+            return f"synthetic: {count} seeded images"
+        return f"photos: {self.folder} ({count})"
 
 
 def load_inputs(
@@ -38,8 +50,9 @@ def load_inputs(
 ) -> ParityInputs:
     """Preprocess up to ``limit`` photos (evenly spread over the folder) per ``pre``.
 
-    ``data`` None: the shared ImageNet sample; if that does not exist, seeded synthetic images.
-    A given folder with no readable image is an error.
+    ``data`` None: the shared ImageNet sample; if that does not exist, seeded synthetic images
+    (``ParityInputs.synthetic``: callers must say so, such a gate says little). A given folder
+    with no readable image is an error.
     """
     folder = Path(data) if data is not None else default_photo_dir()
     if data is None and not folder.is_dir():
@@ -48,7 +61,7 @@ def load_inputs(
         from restv2_edge.preprocess import normalize
 
         return ParityInputs(
-            normalize(pixels, pre), [f"synthetic_{i}" for i in range(len(pixels))], "synthetic"
+            normalize(pixels, pre), [f"synthetic_{i}" for i in range(len(pixels))], None
         )
     source = open_unlabelled(folder).subset(limit)
     arrays, names = [], []
@@ -59,6 +72,14 @@ def load_inputs(
     if not arrays:
         raise DataError(f"{folder}: no readable image for parity")
     return ParityInputs(np.stack(arrays), names, str(folder))
+
+
+#: printed (and recorded) when a gate ran on synthetic images only
+SYNTHETIC_WARNING = (
+    "parity ran on seeded synthetic images only (no photos found; give --parity-data PATH or "
+    "set RESTV2_EDGE_DATA): it shows the runtime computes the same function, not that real "
+    "photos classify the same; run `restv2-edge parity` on real photos to replace it"
+)
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -124,6 +145,7 @@ def measure(
         "runner": runner.description,
         "precision": precision,
         "data": inputs.source,
+        "synthetic": inputs.synthetic,
         "thresholds": THRESHOLDS[precision],
         "metrics": metrics,
         "failures": missed,

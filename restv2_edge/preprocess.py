@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,6 +12,8 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
+#: the largest input side any command accepts (a 4096x4096 input is already 200 MB of floats)
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,32 @@ class Preprocessing:
     def resize_size(self) -> int:
         return int(np.floor(self.image_size / self.crop_pct))
 
+    def problems(self) -> list[str]:
+        """What makes this preprocessing unusable (empty: fine); callers raise their own error.
+
+        A zero or non-finite std, say, would write infinities into every input.
+        """
+        found = []
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            found.append(f"image_size must be an integer (got {self.image_size!r})")
+        elif not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            found.append(f"image_size must be 1..{MAX_IMAGE_SIZE} (got {self.image_size})")
+        if not _finite_number(self.crop_pct) or not 0 < self.crop_pct <= 1:
+            found.append(f"crop_pct must be in (0, 1] (got {self.crop_pct!r})")
+        if not _finite_number(self.scale) or self.scale <= 0:
+            found.append(f"scale must be a positive number (got {self.scale!r})")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) != 3 or not all(_finite_number(v) for v in values):
+                found.append(f"{key} must be three finite numbers (got {list(values)!r})")
+            elif key == "std" and min(values) <= 0:
+                found.append(f"std must be positive (got {list(values)!r})")
+        if self.interpolation not in _RESAMPLE:
+            found.append(
+                f"interpolation must be one of {', '.join(_RESAMPLE)} (got {self.interpolation!r})"
+            )
+        return found
+
     def raw(self) -> Preprocessing:
         """The same geometry for a model that normalizes inside (input is rgb 0-255)."""
         return Preprocessing(
@@ -57,6 +86,10 @@ class Preprocessing:
 
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resize_and_crop(image: Image.Image, pre: Preprocessing) -> np.ndarray:

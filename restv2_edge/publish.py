@@ -18,6 +18,7 @@ import errno
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,16 +50,21 @@ def check_output(path: str | os.PathLike[str], force: bool, flag: str = "--force
 
 
 def check_writable_folder(folder: Path) -> None:
-    """The nearest existing ancestor of ``folder`` must be a writable directory."""
+    """The nearest existing ancestor of ``folder`` must be a folder we can create files in.
+
+    Probed with an unnamed temporary file (nothing appears in the folder): permission bits
+    say little for root or for special file systems such as /proc.
+    """
     probe = folder if str(folder) else Path(".")
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
         raise OutputError(f"cannot write to {folder}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {folder}: permission denied")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
 
 def check_report_path(path: str | os.PathLike[str]) -> Path:

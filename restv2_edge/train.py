@@ -22,13 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restv2_edge.checkpoint import atomic_path, read_checkpoint, save_checkpoint, strip_prefixes
+from restv2_edge.checkpoint import read_checkpoint, save_checkpoint, strip_prefixes
 from restv2_edge.config import resolve_config
 from restv2_edge.data import ImageSource, open_labelled
-from restv2_edge.errors import CheckpointError, DataError
+from restv2_edge.errors import CheckpointError, ConfigError, DataError
 from restv2_edge.factory import create_model
 from restv2_edge.model import ResTV2
 from restv2_edge.preprocess import Preprocessing, normalize, resize_and_crop
+from restv2_edge.publish import check_output, staged_file
 
 Event = dict[str, Any]
 
@@ -55,6 +56,30 @@ class TrainSettings:
     threads: int | None = None
     resume: bool = False
     limit: int | None = None
+    force: bool = False
+
+    def problems(self) -> list[str]:
+        """Settings no training run can use (the CLI refuses them at parse time too)."""
+        found = []
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                found.append(f"{key} must be at least 1 (got {getattr(self, key)})")
+        for key in ("threads", "limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                found.append(f"{key} must be at least 1 (got {getattr(self, key)})")
+        checks = {
+            "lr": lambda v: v > 0,
+            "weight_decay": lambda v: v >= 0,
+            "warmup_epochs": lambda v: v >= 0,
+            "label_smoothing": lambda v: 0 <= v < 1,
+            "min_scale": lambda v: 0 < v <= 1,
+            "crop_pct": lambda v: 0 < v <= 1,
+        }
+        for key, ok in checks.items():
+            value = getattr(self, key)
+            if not math.isfinite(value) or not ok(value):
+                found.append(f"{key} {value!r} is out of range")
+        return found
 
     @property
     def state_path(self) -> Path:
@@ -172,7 +197,14 @@ def evaluate_pixels(
 
 
 def train(settings: TrainSettings, progress: Callable[[Event], None] = lambda e: None) -> Path:
-    """Train, writing a resumable state after every epoch and the final checkpoint atomically."""
+    """Train, writing a resumable state after every epoch and the final checkpoint atomically.
+
+    The output is checked first (exists without ``force``, unwritable folder), so a bad path
+    fails before the first epoch, not after the last.
+    """
+    if settings.problems():
+        raise ConfigError(f"train: {settings.problems()[0]}")
+    check_output(settings.output, settings.force)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     pre = Preprocessing(image_size=settings.image_size, crop_pct=settings.crop_pct)
@@ -264,7 +296,9 @@ def train(settings: TrainSettings, progress: Callable[[Event], None] = lambda e:
     extra = {
         "train": {**asdict(settings), "history": history, "skipped": len(train_images.skipped)}
     }
-    out = save_checkpoint(model, settings.output, source.class_names, pre, extra=extra)
+    out = save_checkpoint(
+        model, settings.output, source.class_names, pre, extra=extra, force=settings.force
+    )
     settings.state_path.unlink(missing_ok=True)
     return out
 
@@ -298,7 +332,7 @@ def _save_state(
         "history": history,
         "fingerprint": _fingerprint(settings),
     }
-    with atomic_path(settings.state_path) as tmp:
+    with staged_file(settings.state_path, force=True) as tmp:
         torch.save(state, tmp)
 
 

@@ -7,20 +7,19 @@
     python3 apps/scripts/copy-export.py ios-golden GOLDEN_DIR  # -> apps/ios/Golden/
 
 The artifact's manifest.json must name the target the app runs (web: onnx, android: executorch,
-ios: coreml) and every file it lists must match its sha256; the destination is replaced as a
-whole (written beside it, then renamed). Those folders are git-ignored: models never go into git.
-Standard library only, so it runs with any Python 3.8+.
+ios: coreml) and pass the same check every command makes (paths inside the folder, no links,
+every file hashed); the destination is replaced as a whole (written beside it, then
+renamed). Those folders are git-ignored: models never go into git.
+Run it in the environment where restv2-edge is installed: the artifact is verified and the
+copy published by the same functions every restv2-edge command uses.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 APPS = Path(__file__).resolve().parent.parent
@@ -36,38 +35,21 @@ class CopyError(Exception):
     pass
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_artifact(source: Path, target: str) -> dict:
-    """The manifest, after checking the target and every listed file's size and sha256."""
-    path = source / "manifest.json"
-    if not path.is_file():
-        raise CopyError(f"{source} is not a restv2-edge export (no manifest.json)")
+    """The manifest, verified as every restv2-edge command verifies it, for ``target``."""
+    from restv2_edge.errors import RestV2EdgeError
+    from restv2_edge.manifest import verify_files
+
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CopyError(f"{path}: malformed manifest ({exc})") from None
-    if manifest.get("target") != target:
+        manifest = verify_files(source)
+    except RestV2EdgeError as exc:
+        raise CopyError(str(exc)) from None
+    if manifest.target != target:
         raise CopyError(
-            f"{source} was exported for {manifest.get('target')}; this app needs "
+            f"{source} was exported for {manifest.target}; this app needs "
             f"`restv2-edge export --target {target}`"
         )
-    files = manifest.get("files") or []
-    if not files:
-        raise CopyError(f"{path}: lists no files")
-    for entry in files:
-        file = source / entry["path"]
-        if not file.is_file():
-            raise CopyError(f"{source}: missing file {entry['path']}")
-        if file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
-            raise CopyError(f"{source}: {entry['path']} does not match its sha256 (tampered?)")
-    return manifest
+    return {"target": manifest.target, "precision": manifest.precision, "files": manifest.files}
 
 
 def check_golden(source: Path) -> dict:
@@ -78,25 +60,22 @@ def check_golden(source: Path) -> dict:
 
 
 def copy_tree(source: Path, dest: Path, names: list[str]) -> None:
-    """Copy ``names`` (relative paths) from source into a fresh ``dest``, atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    """Copy ``names`` (relative paths) from source into a fresh ``dest``, atomically.
+
+    The app folder is the script's own: it is replaced as a whole (force), through the same
+    publish step every restv2-edge command uses.
+    """
+    from restv2_edge.errors import RestV2EdgeError
+    from restv2_edge.publish import staged_dir
+
     try:
-        for name in names:
-            target = work / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / name, target)
-        work.chmod(0o755)
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(work, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        with staged_dir(dest, force=True) as work:
+            for name in names:
+                target = work / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, target)
+    except RestV2EdgeError as exc:
+        raise CopyError(str(exc)) from None
 
 
 def run(app: str, source: Path, dest: Path | None = None) -> Path:
@@ -123,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="export folder (or golden folder for ios-golden)")
     parser.add_argument("--dest", type=Path, default=None, help="override the destination folder")
     args = parser.parse_args(argv)
+    try:
+        import restv2_edge  # noqa: F401
+    except ImportError:
+        print("error: restv2-edge is not installed in this Python; run pip install -e . first",
+              file=sys.stderr)  # fmt: skip
+        return 1
     try:
         run(args.app, args.source, args.dest)
     except (CopyError, OSError) as exc:

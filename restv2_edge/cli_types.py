@@ -1,0 +1,124 @@
+"""Click parameter types that refuse bad values at parse time, before any work starts.
+
+click's own ``FloatRange`` lets NaN through (every comparison with NaN is false), so a
+``--max-drop nan`` would reach manifest.json, where strict JSON readers reject it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float within [low, high]; ``low_open`` excludes ``low`` itself."""
+
+    name = "float"
+
+    def __init__(
+        self, low: float | None = None, high: float | None = None, low_open: bool = False
+    ) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            self.fail(f"{number:g} is not {self._range()}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"{number:g} is not {self._range()}", param, ctx)
+        return number
+
+    def _range(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"<= {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+class ImageSize(click.ParamType):
+    """An input side the model can take: a multiple of 32 in 64..MAX_IMAGE_SIZE."""
+
+    name = "pixels"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        from restv2_edge.config import check_image_size
+        from restv2_edge.errors import ConfigError
+
+        try:
+            return check_image_size(int(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class FloatTriple(click.ParamType):
+    """Three comma-separated finite floats (per-channel mean or std); ``positive`` for std."""
+
+    name = "r,g,b"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, float, float]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not three comma-separated numbers", param, ctx)
+        if len(numbers) != 3 or not all(math.isfinite(n) for n in numbers):
+            self.fail(f"{value!r} is not three finite comma-separated numbers", param, ctx)
+        if self.positive and min(numbers) <= 0:
+            self.fail(f"{value!r}: every value must be positive", param, ctx)
+        return numbers  # type: ignore[return-value]
+
+
+class ReportPath(click.Path):
+    """A report file to write (``--json``...): checked for writability at parse time."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from restv2_edge.errors import OutputError
+        from restv2_edge.publish import check_report_path
+
+        path = super().convert(value, param, ctx)
+        try:
+            check_report_path(path)
+        except OutputError as exc:
+            self.fail(str(exc), param, ctx)
+        return path
+
+
+class OutputPath(click.Path):
+    """An output folder or file, whose parent must be writable (existence is checked with
+    ``--force`` by the command, and again when publishing)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from restv2_edge.errors import OutputError
+        from restv2_edge.publish import check_writable_folder
+
+        path = super().convert(value, param, ctx)
+        try:
+            from pathlib import Path
+
+            check_writable_folder(Path(path).parent)
+        except OutputError as exc:
+            self.fail(str(exc), param, ctx)
+        return path
+
+
+POSITIVE_INT = click.IntRange(min=1)
