@@ -75,7 +75,7 @@ def refuse_unused(names: list[str], why: str) -> None:
 def console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # a piped log keeps one line per message
 
 
 @click.group(context_settings=CONTEXT)
@@ -231,113 +231,9 @@ def golden(artifact: str, output: str, images: int, data: str | None, force: boo
     console().print(f"wrote {path} ({len(index['images'])} images, {index['artifact']['runner']})")
 
 
-class _BenchCommand(click.Command):
-    """``bench --device ...`` hands its raw arguments to restv2_edge.gpu_bench (multi-value)."""
+from restv2_edge.bench.cli import bench  # noqa: E402  (the bench commands live in their package)
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        gpu = any(a == "--device" or a.startswith("--device=") for a in args)
-        if gpu and not {"-h", "--help"} & set(args):
-            ctx.meta["gpu_bench_args"] = list(args)
-            args = []
-        return super().parse_args(ctx, args)
-
-
-@main.command(cls=_BenchCommand)
-@click.argument("artifact_dir", nargs=-1, type=click.Path())
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads per runtime (default: all usable cores).")  # fmt: skip
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Images per call (GPU mode: several, e.g. --batch 1 64 256).")  # fmt: skip
-@click.option("--json", "json_file", type=click.Path(), default=None, help="Write the report.")
-@click.option("--no-memory", is_flag=True, help="Skip the peak-memory subprocess per artifact.")
-@click.option("--matrix", is_flag=True, help="Export --variant to every installed target first.")
-@click.option("--variant", default=None,
-              help="T, S, B, L or a JSON config (default T or the checkpoint's).")  # fmt: skip
-@click.option("--image-size", type=int, default=None, help="GPU mode: several, e.g. 224 384.")
-@click.option("--weights", type=click.Path(), default=None, help="Checkpoint (--matrix).")
-@click.option("--int8", is_flag=True, help="Add int8 rows where the target has a recipe.")
-@click.option("--targets", default=None, help="Comma-separated subset (default: all installed).")
-@click.option("--calib", type=click.Path(), default=None, help="int8: a saved calibration set.")
-@click.option("--calib-data", type=click.Path(), default=None,
-              help="int8: calibration images (default: the shared ImageNet sample).")  # fmt: skip
-@click.option("--calib-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--output", type=click.Path(), default="exports/bench", show_default=True,
-              help="Where --matrix writes its artifacts.")  # fmt: skip
-@click.option("--parity-data", type=click.Path(), default=None, help="Photos for parity.")
-@click.option("--parity-limit", type=int, default=16, show_default=True)
-@click.option("--accuracy-data", type=click.Path(), default=None,
-              help="Labelled data for the accuracy column (default: CIFAR-10 test for the "
-              "committed fixture checkpoint).")  # fmt: skip
-@click.option("--accuracy-split", default=None)
-@click.option("--accuracy-limit", type=int, default=500, show_default=True)
-@click.option("--plot", type=click.Path(), default=None, help="PNG: latency vs parity/accuracy.")
-@click.option("--markdown", type=click.Path(), default=None, help="Write the matrix as a doc.")
-@click.option("--device", default=None,
-              help="cuda (or cpu smoke run): PyTorch GPU reference numbers via "
-              "restv2_edge.gpu_bench; takes lists after --variant/--image-size/--batch/--dtype."
-              )  # fmt: skip
-@click.option("--dtype", default=None, help="GPU mode: fp32 tf32 fp16 bf16.")
-@click.option("--compile", "compile_model", is_flag=True, help="GPU mode: torch.compile.")
-@click.pass_context
-def bench(ctx: click.Context, artifact_dir: tuple[str, ...], **o: Any) -> None:
-    """Latency, throughput, size and peak memory of artifacts; --matrix; --device cuda."""
-    if "gpu_bench_args" in ctx.meta:
-        from restv2_edge.gpu_bench import main as gpu_main
-
-        gpu_main(ctx.meta["gpu_bench_args"])
-        return
-    from rich.console import Console
-
-    from restv2_edge import bench as benchmarks
-
-    # tables go to stdout; piped output is not squeezed to 80 columns
-    out, table_out = console(), Console(width=None if sys.stdout.isatty() else 160)
-    with out.status("bench...") as status:
-
-        def progress(step: str) -> None:
-            status.update(f"{step}...")
-
-        if o["matrix"]:
-            if artifact_dir:
-                raise click.UsageError("--matrix exports its own artifacts; give no ARTIFACT_DIR")
-            targets = [t.strip() for t in o["targets"].split(",")] if o["targets"] else None
-            report = benchmarks.run_matrix(
-                parse_variant(o["variant"]), o["image_size"], o["weights"], o["output"],
-                targets, o["int8"], o["threads"], o["warmup"], o["runs"], o["batch"],
-                o["parity_data"], o["parity_limit"], o["accuracy_data"], o["accuracy_split"],
-                o["accuracy_limit"], o["calib"], o["calib_data"], o["calib_size"],
-                progress=progress,
-            )  # fmt: skip
-        else:
-            if not artifact_dir:
-                raise click.UsageError("give ARTIFACT_DIR(s), or --matrix, or --device cuda")
-            if o["plot"] or o["markdown"]:
-                raise click.UsageError("--plot and --markdown need --matrix")
-            report = benchmarks.bench_artifacts(
-                list(artifact_dir), o["threads"], o["warmup"], o["runs"], o["batch"],
-                not o["no_memory"], progress,
-            )  # fmt: skip
-    if o["matrix"]:
-        if o["weights"] is None:
-            out.print("[yellow]random weights: parity is meaningful, accuracy is not[/]")
-        benchmarks.render_matrix(report, table_out)
-        for note in report["notes"]:
-            out.print(note)
-        if o["plot"]:
-            out.print(f"wrote {benchmarks.plot_matrix(report, o['plot'])}")
-        if o["markdown"]:
-            import shlex
-
-            command = "restv2-edge bench " + shlex.join(sys.argv[2:])
-            Path(o["markdown"]).write_text(benchmarks.matrix_doc(report, command))
-            out.print(f"wrote {o['markdown']}")
-    else:
-        benchmarks.render_artifacts(report, table_out)
-    if o["json_file"]:
-        Path(o["json_file"]).write_text(json.dumps(report, indent=2) + "\n")
-        out.print(f"wrote {o['json_file']}")
+main.add_command(bench)
 
 
 @main.command()
@@ -725,6 +621,8 @@ def run() -> None:
     one line naming the command, the step and the exception (the traceback only with
     ``--debug`` or RESTV2_EDGE_DEBUG=1).
     """
+    DEBUG.set(False)
+    STEP.set("")
     try:
         main(standalone_mode=False)
     except click.exceptions.Exit as exc:
