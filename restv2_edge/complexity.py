@@ -2,6 +2,8 @@
 
 MACs count convolutions, linears and the two attention matmuls (Q K^T and A V) -- the
 convention of the published table; norms, activations and the softmax are not counted.
+This is the project's one MAC counter: ``info``, the bench floors and the GPU bench use it.
+It imports only torch and the model, so the GPU bench runs from a checkout with torch alone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import torch
 from torch import nn
 
 from restv2_edge.config import PUBLISHED, variant_name
-from restv2_edge.factory import create_model
 from restv2_edge.model import Attention, ResTV2
 
 
@@ -62,6 +63,11 @@ def count_macs(model: ResTV2) -> dict[str, int]:
     return totals
 
 
+def total_macs(model: ResTV2) -> int:
+    """MACs of one image through the whole model."""
+    return sum(count_macs(model).values())
+
+
 def count_params(model: ResTV2) -> dict[str, int]:
     part_of = {
         "stem": "stage1",
@@ -82,6 +88,8 @@ def complexity_report(
     variant: Any = "T", image_size: int = 224, num_classes: int | None = None
 ) -> dict[str, Any]:
     """Params and MACs per stage and in total, with the published figures when they apply."""
+    from restv2_edge.factory import create_model
+
     model = create_model(variant or "T", image_size, num_classes)
     params, macs = count_params(model), count_macs(model)
     name = variant_name(model.config)

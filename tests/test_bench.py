@@ -136,6 +136,14 @@ def test_bench_errors_are_one_line(tmp_path: Path) -> None:
 # -- the matrix ------------------------------------------------------------------------------------
 
 
+def precisions(target: str) -> tuple[str, ...]:
+    """The converter's float precisions, plus int8 where calibration/ has a recipe."""
+    from restv2_edge.calibration.recipes import has_int8_recipe
+
+    floats = get_converter(target).precisions
+    return floats + (("int8",) if has_int8_recipe(target) else ())
+
+
 def test_matrix_tiny(tiny_checkpoint: Path, cifar_test_tar: Path, tmp_path: Path) -> None:
     targets = ["onnx"]
     out, png, doc = tmp_path / "m.json", tmp_path / "m.png", tmp_path / "cpu.md"
@@ -150,7 +158,7 @@ def test_matrix_tiny(tiny_checkpoint: Path, cifar_test_tar: Path, tmp_path: Path
     rows = {row["key"]: row for row in report["rows"]}
     expected = {"pytorch/fp32"}
     for target in targets:
-        supported = get_converter(target).supported_precisions()
+        supported = precisions(target)
         expected |= {f"{target}/{p}" for p in ("fp32", "fp16", "int8") if p in supported}
     assert set(rows) == expected
     for key, row in rows.items():
@@ -180,7 +188,7 @@ def test_matrix_every_installed_target(tiny_checkpoint: Path, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
     for target in installed_targets():
-        for precision in get_converter(target).supported_precisions():
+        for precision in precisions(target):
             if precision in ("fp32", "fp16", "int8"):
                 assert any(r["key"] == f"{target}/{precision}" for r in rows)
 
@@ -198,16 +206,16 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 sys.argv = ["gpu_bench", *{argv!r}]
 try:
-    runpy.run_module("restv2_edge.gpu_bench", run_name="__main__")
+    runpy.run_module({module!r}, run_name="__main__")
 finally:
     loaded = sorted(m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in BLOCKED))
     assert not loaded, loaded
 """
 
 
-def run_blocked(*argv: str) -> subprocess.CompletedProcess:
-    """gpu_bench as ``PYTHONPATH=. python -m restv2_edge.gpu_bench`` with extras unimportable."""
-    code = BLOCKER.format(blocked=BLOCKED, argv=list(argv))
+def run_blocked(*argv: str, module: str = "restv2_edge.bench.gpu") -> subprocess.CompletedProcess:
+    """``PYTHONPATH=. python -m restv2_edge.bench.gpu`` (or ``module``) with extras unimportable."""
+    code = BLOCKER.format(blocked=BLOCKED, argv=list(argv), module=module)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=900)  # fmt: skip
@@ -237,7 +245,9 @@ def test_gpu_bench_without_cuda_is_one_line() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    result = run_blocked("--device", "cuda", "--variant", "T", "S", "--batch", "1", "64")
+    # the older module name, kept as an alias
+    result = run_blocked("--device", "cuda", "--variant", "T", "S", "--batch", "1", "64",
+                         module="restv2_edge.gpu_bench")  # fmt: skip
     assert_one_line_error(result, "no CUDA GPU")
     via_cli = run_cli("bench", "--device", "cuda", "--variant", "T", "S", "B", "L",
                       "--image-size", "224", "384", "--batch", "1", "64", "256",
@@ -246,10 +256,129 @@ def test_gpu_bench_without_cuda_is_one_line() -> None:
 
 
 def test_gpu_macs_match_published_t() -> None:
+    from restv2_edge.bench.gpu import PAPER_V100
+    from restv2_edge.complexity import total_macs
     from restv2_edge.config import VARIANTS
-    from restv2_edge.gpu_bench import PAPER_V100, model_macs
     from restv2_edge.model import ResTV2
 
-    macs = model_macs(ResTV2(VARIANTS["T"], 224))
+    macs = total_macs(ResTV2(VARIANTS["T"], 224))
     assert macs == pytest.approx(4.1e9, rel=0.03)  # paper: 4.1 GMACs at 224
     assert PAPER_V100[224]["T"] == 826 and PAPER_V100[384]["L"] == 141
+
+
+# -- the bench commands ----------------------------------------------------------------------
+
+
+def test_bench_help_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, restv2_edge.cli; "
+        "heavy = [m for m in ('numpy', 'torch', 'rich') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_bench_subcommand_help() -> None:
+    from click.testing import CliRunner
+
+    from restv2_edge.cli import main
+
+    runner = CliRunner()
+    group = runner.invoke(main, ["bench", "--help"])
+    assert group.exit_code == 0 and all(c in group.output for c in ("run", "matrix", "gpu"))
+    matrix = runner.invoke(main, ["bench", "matrix", "--help"])
+    assert matrix.exit_code == 0, matrix.output
+    assert "--int8" in matrix.output and "--markdown" in matrix.output
+    gpu = runner.invoke(main, ["bench", "gpu", "--help"])
+    assert gpu.exit_code == 0 and "--compile" in gpu.output
+    assert runner.invoke(main, ["bench", "--matrix", "--help"]).output == matrix.output
+    assert runner.invoke(main, ["bench", "--device", "cuda", "--help"]).output == gpu.output
+
+
+def test_expand_lists() -> None:
+    from restv2_edge.bench.cli import expand_lists
+
+    names = {"--batch", "--variant"}
+    assert expand_lists(["--batch", "1", "64", "--compile", "--variant=T", "S"], names) == [
+        "--batch", "1", "--batch", "64", "--compile", "--variant=T", "--variant", "S",
+    ]  # fmt: skip
+    assert expand_lists(["--runs", "3", "--", "--batch", "x"], names) == [
+        "--runs", "3", "--", "--batch", "x",
+    ]  # fmt: skip
+
+
+def test_aliases_route_to_the_same_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench --matrix`` is ``bench matrix``; ``bench --device`` is ``bench gpu``."""
+    from click.testing import CliRunner
+
+    from restv2_edge.bench import gpu, matrix
+    from restv2_edge.cli import main
+
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def fake(name: str) -> object:
+        def record(*args: object, **kwargs: object) -> None:
+            calls.append((name, args, kwargs))
+            raise RunnerUnavailableError(f"{name} reached")
+
+        return record
+
+    monkeypatch.setattr(matrix, "run_matrix", fake("matrix"))
+    monkeypatch.setattr(gpu, "run", fake("gpu"))
+    runner = CliRunner()
+    matrix_args = ["--targets", "onnx", "--int8", "--runs", "2", "--image-size", "64"]
+    gpu_args = ["--device", "cpu", "--variant", "T", "S", "--batch", "1", "64", "--dtype",
+                "fp32", "bf16", "--image-size", "224", "384", "--compile"]  # fmt: skip
+    for argv in (
+        ["bench", "matrix", *matrix_args],
+        ["bench", "--matrix", *matrix_args],
+        ["bench", "gpu", *gpu_args],
+        ["bench", *gpu_args],
+    ):
+        result = runner.invoke(main, argv)
+        assert isinstance(result.exception, RunnerUnavailableError), result.output
+    calls = [(name, args, sorted(kwargs)) for name, args, kwargs in calls]  # progress: a lambda
+    (m1, m2, g1, g2) = calls
+    assert m1 == m2 and m1[0] == "matrix"
+    assert m1[1][4] == ["onnx"] and m1[1][5] is True and m1[1][1] == 64
+    assert g1 == g2 and g1[0] == "gpu"
+    assert g1[1][:4] == (["T", "S"], [224, 384], [1, 64], ["fp32", "bf16"])
+    assert g1[1][4:6] == ("cpu", True)
+
+
+def test_bench_gpu_cpu_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    result = run_cli(
+        "bench", "gpu", "--device", "cpu", "--variant", TINY_JSON, "--image-size",
+        str(TINY_IMAGE_SIZE), "--batch", "1", "2", "--dtype", "fp32", "--warmup", "0",
+        "--runs", "1", "--matmul-size", "64", "--json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dtype"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 2)]
+    assert "paper V100" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("bench", "{missing}", "--json", "{bad}"),
+        ("bench", "run", "{missing}", "--json", "{bad}"),
+        ("bench", "matrix", "--json", "{bad}"),
+        ("bench", "--matrix", "--markdown", "{bad}"),
+        ("bench", "matrix", "--plot", "{bad}"),
+        ("bench", "gpu", "--device", "cuda", "--json", "{bad}"),
+        ("bench", "--device", "cuda", "--json", "{bad}"),
+    ],
+)
+def test_unwritable_report_path_fails_first(argv: tuple[str, ...], tmp_path: Path) -> None:
+    """Checked while parsing: before the missing artifact, the export, the CUDA check."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = blocker / "report.json"  # its folder is a file
+    args = [a.format(missing=tmp_path / "missing", bad=bad) for a in argv]
+    result = run_cli(*args, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert_one_line_error(result, "cannot write", "a-file")
+    assert not (tmp_path / "missing").exists()

@@ -1,0 +1,86 @@
+"""``bench ARTIFACT...``: latency, throughput, size and peak memory of exported artifacts.
+
+Every latency comes from the same runners parity uses (``restv2_edge.artifact.open_artifact``),
+all artifacts interleaved in the same rounds (``timing.time_round_robin``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from restv2_edge.bench.machine import machine_info, package_versions, usable_cores
+from restv2_edge.bench.memory import MEMORY_METHOD, peak_memory
+from restv2_edge.bench.timing import (
+    BLOCK,
+    ORDER,
+    Progress,
+    bench_input,
+    check_counts,
+    summarize,
+    time_round_robin,
+)
+from restv2_edge.errors import DataError
+
+
+def artifact_bytes(manifest: Any) -> int:
+    """Bytes of the artifact's files as its manifest records them (the manifest excluded)."""
+    return int(sum(entry["bytes"] for entry in manifest.files))
+
+
+def bench_artifacts(
+    folders: list[str | os.PathLike[str]],
+    threads: int | None = None,
+    warmup: int = 3,
+    runs: int = 20,
+    batch: int = 1,
+    memory: bool = True,
+    progress: Progress = lambda step: None,
+) -> dict[str, Any]:
+    """Latency/throughput (interleaved), size and peak memory of each artifact folder."""
+    from restv2_edge.artifact import open_artifact
+
+    if not folders:
+        raise DataError("no artifact folder given")
+    check_counts(warmup, runs, batch)
+    threads = threads or usable_cores()
+    opened, calls, rows = {}, {}, []
+    for folder in folders:
+        key = str(folder)
+        if key in opened:
+            raise DataError(f"{key} given twice")
+        progress(f"open {key}")
+        manifest, runner = open_artifact(folder, threads)
+        x = bench_input(manifest, batch)
+        opened[key] = (manifest, runner)
+        calls[key] = lambda runner=runner, x=x: runner(x)
+    times = time_round_robin(calls, warmup, runs, progress, BLOCK)
+    for key, (manifest, runner) in opened.items():
+        row = {
+            "artifact": key,
+            "target": manifest.target,
+            "precision": manifest.precision,
+            "variant": manifest.variant or "custom",
+            "image_size": manifest.image_size,
+            "runner": runner.description,
+            "size_mb": artifact_bytes(manifest) / 1e6,
+            **summarize(times[key], batch),
+        }
+        if memory:
+            progress(f"memory {key}")
+            row["memory"] = peak_memory(key, threads, batch)
+        rows.append(row)
+    return {
+        "kind": "artifacts",
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "settings": {
+            "threads": threads,
+            "warmup": warmup,
+            "runs": runs,
+            "batch": batch,
+            "order": ORDER,
+            "memory": MEMORY_METHOD if memory else None,
+        },
+        "rows": rows,
+    }
