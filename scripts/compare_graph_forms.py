@@ -8,24 +8,21 @@ For ResTv2-T (random weights, the same for every graph) at 224, batch 1, this ex
   converter for that runtime (the one the converter picks is the *project artifact*, exported
   with ``restv2_edge.export.export_artifact``, parity gate included, and timed);
 
-then runs all artifacts of one runtime interleaved (round r runs them in rotated order, one
-inference each, a short pause between runs so no thread pool is still spinning) through the
-project's runner classes with the same thread count, and reports medians and the ratio
-project / reference. Writes a JSON record and a markdown table (docs/graph-forms.md takes
-its numbers from here).
+then times all artifacts of one runtime with the timing ``restv2-edge bench`` uses
+(``restv2_edge.bench.time_round_robin``: rounds in rotated order, each a block of calls per
+artifact after one untimed settling call, so no thread pool is still spinning from the
+previous artifact) through the project's runner classes with the same thread count, and
+reports medians and the ratio project / reference. Writes a JSON record and a markdown table
+(docs/graph-forms.md takes its numbers from here).
 
-    python scripts/compare_graph_forms.py                     # 20 interleaved runs each
+    python scripts/compare_graph_forms.py                     # 20 timed calls each
     python scripts/compare_graph_forms.py --runs 50 --runtimes executorch
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,44 +37,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference_restv2 import randomize_, reference_model  # noqa: E402
 from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
 
+from restv2_edge.bench.machine import describe_machine, machine_info  # noqa: E402
+from restv2_edge.bench.timing import BLOCK, ORDER, time_round_robin  # noqa: E402
 from restv2_edge.checkpoint import load_official_into  # noqa: E402
 from restv2_edge.export import artifact_model, build_manifest, export_artifact  # noqa: E402
 from restv2_edge.factory import create_model  # noqa: E402
 
 RUNTIMES = ("onnx", "openvino", "executorch")
 FORMS = ("native", "decomposed")
-ISA_FLAGS = (
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_bf16",
-    "amx_int8",
-    "amx_tile",
-    "avx_vnni",
-)
-
-
-def machine() -> dict[str, object]:
-    """lscpu model name and the ISA flags that matter for these runtimes."""
-    info: dict[str, object] = {"platform": platform.platform()}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        text = ""
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    info["model_name"] = fields.get("Model name", "unknown").strip()
-    info["cpus"] = fields.get("CPU(s)", "?").strip()
-    flags = set(fields.get("Flags", "").split())
-    info["isa"] = [flag for flag in ISA_FLAGS if flag in flags]
-    with contextlib.suppress(OSError):
-        info["loadavg_1m_at_start"] = float(Path("/proc/loadavg").read_text().split()[0])
-    return info
 
 
 def build_models(seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -206,26 +173,17 @@ def delegation(path: Path) -> dict[str, object] | None:
     return Manifest.read(path).export.get("delegation")
 
 
-def interleaved(runners: dict[str, object], runs: int, warmup: int, pause: float) -> dict:
-    """Median latency (ms) of each runner, runs alternated round by round."""
+def interleaved(runners: dict[str, object], runs: int, warmup: int) -> dict:
+    """Median and fastest latency (ms) of each runner, timed as ``restv2-edge bench`` times."""
     x = example_input().numpy()
     names = list(runners)
-    outputs = {}
-    for name in names:
-        for _ in range(warmup):
-            outputs[name] = runners[name](x)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(runs):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            time.sleep(pause)
-            start = time.perf_counter()
-            runners[name](x)
-            times[name].append((time.perf_counter() - start) * 1e3)
+    outputs = {name: runners[name](x) for name in names}
+    calls = {name: (lambda runner=runners[name]: runner(x)) for name in names}
+    times = time_round_robin(calls, warmup, runs, lambda step: None, BLOCK)
     return {
         name: {
-            "median_ms": statistics.median(values),
-            "min_ms": min(values),
+            "median_ms": float(np.median(values)) * 1e3,
+            "min_ms": min(values) * 1e3,
             "runs": len(values),
             "max_abs_diff_vs_reference": float(np.abs(outputs[name] - outputs[names[0]]).max()),
         }
@@ -254,7 +212,7 @@ def compare_runtime(
         else:
             paths[form] = export_form(runtime, project, form, work / form)
     runners = {name: runner_for(runtime, path, args.threads) for name, path in paths.items()}
-    timings = interleaved(runners, args.runs, args.warmup, args.pause)
+    timings = interleaved(runners, args.runs, args.warmup)
     base = timings["reference"]["median_ms"]
     for name in timings:
         timings[name]["ratio_vs_reference"] = timings[name]["median_ms"] / base
@@ -270,12 +228,22 @@ def compare_runtime(
     }
 
 
+def machine_line(machine: dict[str, object]) -> tuple[str, object]:
+    """(machine description, 1-minute load average at the start) of a record."""
+    if "model_name" in machine:  # a record from before the script used bench.machine_info
+        isa = ", ".join(machine["isa"])
+        described = f"{machine['model_name']} ({machine['cpus']} CPUs; ISA: {isa})"
+        return described, machine.get("loadavg_1m_at_start")
+    load = machine.get("load_avg")
+    return describe_machine(machine), round(load[0], 2) if load else None
+
+
 def markdown(record: dict[str, object]) -> str:
-    m = record["machine"]
+    described, load = machine_line(record["machine"])
+    order = record.get("order", "interleaved one call per round")
     lines = [
-        f"Machine: {m['model_name']} ({m['cpus']} CPUs; ISA: {', '.join(m['isa'])}); "
-        f"threads {record['threads']}; load average at start {m.get('loadavg_1m_at_start')}; "
-        f"{record['runs']} interleaved runs per artifact, medians.",
+        f"Machine: {described}; threads {record['threads']}; load average at start {load}; "
+        f"{record['runs']} timed calls per artifact, {order}; medians.",
         "",
         "| runtime | artifact | median ms | / reference | min ms | / reference (min) "
         "| max abs dlogit vs reference | notes |",
@@ -339,7 +307,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pause", type=float, default=0.02, help="Seconds between runs.")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="Write the record here.")
     parser.add_argument("--markdown", type=Path, default=None, help="Write the table here.")
@@ -370,7 +337,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     record: dict[str, object] = {
-        "machine": machine(),
+        "machine": machine_info(),
+        "order": ORDER,
         "model": "ResTv2-T, 224x224, batch 1, fp32, random weights",
         "threads": args.threads,
         "runs": args.runs,

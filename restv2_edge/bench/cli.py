@@ -145,9 +145,10 @@ def _timing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _console() -> Any:
-    from rich.console import Console
+    """The CLI's progress console (stderr), shared with every other command."""
+    from restv2_edge.cli import console
 
-    return Console(stderr=True)
+    return console()
 
 
 def _table_console() -> Any:

@@ -1,13 +1,14 @@
 """INT8 measurements per target: accuracy drop, T@224 cosine, speed ratio, export time.
 
-    python -m restv2_edge.calibration.report --targets onnx,executorch,openvino \\
+    python scripts/int8_report.py --targets onnx,executorch,openvino \\
         [--fixture tests/fixtures/restv2_cifar10.safetensors] [--t-weights T.pth] \\
         [--calib-size 256] [--accuracy-limit 10000] [--runs 20] --json int8-report.json
 
 For each target: a calibration set of ``--calib-size`` images (fixture: CIFAR-10 train;
 T: the shared ImageNet photos), fp32 and int8 exports, fixture top-1 of both on CIFAR-10
 test, T@224 int8-vs-fp32 logits cosine on the photos (parity gate's records), and the
-latency ratio int8/fp32 at batch 1 (the two artifacts timed interleaved in one run).
+latency ratio int8/fp32 at batch 1 (the two artifacts timed interleaved in one run, with
+``restv2_edge.bench.time_round_robin`` in blocks, as ``restv2-edge bench`` times).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "restv2_cifar10.safetensors"
 
 
 def _export_pair(model: Any, target: str, calib: Any, out: Path, parity_data: Any) -> dict:
@@ -60,7 +64,7 @@ def _speed(folders: dict[str, Path], runs: int, threads: int | None) -> dict[str
     import numpy as np
 
     from restv2_edge.artifact import open_artifact
-    from restv2_edge.bench import BLOCK, bench_input, time_round_robin
+    from restv2_edge.bench.timing import BLOCK, bench_input, time_round_robin
 
     calls = {}
     for name, folder in folders.items():
@@ -74,14 +78,15 @@ def _speed(folders: dict[str, Path], runs: int, threads: int | None) -> dict[str
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from restv2_edge.calibration.dataset import build_calibration_set
 
-    from restv2_edge.bench import describe_machine, machine_info
+    from restv2_edge.bench.machine import describe_machine, machine_info
     from restv2_edge.data import default_photo_dir, shared_data_root
     from restv2_edge.evaluate import evaluate
     from restv2_edge.factory import create_model
+    from restv2_edge.publish import check_report_path, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="onnx,executorch,openvino")
-    parser.add_argument("--fixture", default="tests/fixtures/restv2_cifar10.safetensors")
+    parser.add_argument("--fixture", default=str(FIXTURE))
     parser.add_argument("--t-weights", default=None, help="T checkpoint (default: random)")
     parser.add_argument("--calib-size", type=int, default=256)
     parser.add_argument("--accuracy-limit", type=int, default=None)
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default="exports/int8-report")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.json:
+        check_report_path(args.json)
     out = Path(args.output)
     cifar = shared_data_root() / "cifar10"
     report: dict[str, Any] = {"machine": describe_machine(machine_info()), "rows": {}}
@@ -133,8 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "int8_over_fp32": ms["int8"] / ms["fp32"] if ms else None,
             }
         report["rows"][target] = row
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        if args.json:  # after each target: a later failure keeps what is done
+            write_report(args.json, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
 

@@ -1,6 +1,6 @@
 """Time the Core ML export and the MIL interpreter on this machine (numbers for docs/coreml.md).
 
-    python -m restv2_edge.converters.mil.timing --variant T --image-size 224 --runs 3
+    python scripts/coreml_timing.py --variant T --image-size 224 --runs 3
 
 Builds the variant with random weights, exports it to Core ML (fp16 and fp32 programs, parity
 gate not included), then runs one image through the interpreter ``--runs`` times per program,
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from restv2_edge.converters.coreml import CONVERTER
     from restv2_edge.converters.mil import Program
 
-    from restv2_edge.bench import machine_info
+    from restv2_edge.bench.machine import machine_info
     from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
