@@ -118,7 +118,9 @@ def test_cli_calibrate_uses_checkpoint_preprocessing(
     assert meta["preprocessing"]["crop_pct"] == 1.0
     assert np.load(out / "inputs.npy").shape == (12, 3, 64, 64)
 
-    bad = run_cli("calibrate", "--data", tmp_path / "nowhere", "--size", "4", "--output", out)
+    bad = run_cli(
+        "calibrate", "--data", tmp_path / "nowhere", "--size", "4", "--output", tmp_path / "calib2"
+    )
     assert_one_line_error(bad, "not found")
     # a calibration set for 64 px does not fit a 32 px export
     wrong = run_cli(
