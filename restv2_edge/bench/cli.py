@@ -278,29 +278,13 @@ def matrix_command(**o: Any) -> None:
     from restv2_edge.cli import parse_variant
 
     out = _console()
-    targets = [t.strip() for t in o["targets"].split(",")] if o["targets"] else None
+    reports = ("json_file", "plot", "markdown")
+    settings = {name: value for name, value in o.items() if name not in reports}
+    settings["variant"] = parse_variant(o["variant"])
+    if o["targets"]:
+        settings["targets"] = [t.strip() for t in o["targets"].split(",")]
     with _spinner(out) as progress:
-        report = run_matrix(
-            parse_variant(o["variant"]),
-            o["image_size"],
-            o["weights"],
-            o["output"],
-            targets,
-            o["int8"],
-            o["threads"],
-            o["warmup"],
-            o["runs"],
-            o["batch"],
-            o["parity_data"],
-            o["parity_limit"],
-            o["accuracy_data"],
-            o["accuracy_split"],
-            o["accuracy_limit"],
-            o["calib"],
-            o["calib_data"],
-            o["calib_size"],
-            progress=progress,
-        )
+        report = run_matrix(**settings, progress=progress)
     if o["weights"] is None:
         out.print("[yellow]random weights: parity is meaningful, accuracy is not[/]")
     render.render_matrix(report, _table_console())
@@ -379,15 +363,15 @@ def gpu_command(**o: Any) -> None:
     from restv2_edge.bench import gpu
 
     report = gpu.run(
-        list(o["variant"]),
-        list(o["image_size"]),
-        list(o["batch"]),
-        list(o["dtype"]),
-        o["device"],
-        o["compile_model"],
-        o["warmup"],
-        o["runs"],
-        o["matmul_size"],
+        variants=list(o["variant"]),
+        image_sizes=list(o["image_size"]),
+        batches=list(o["batch"]),
+        dtypes=list(o["dtype"]),
+        device=o["device"],
+        compile_model=o["compile_model"],
+        warmup=o["warmup"],
+        runs=o["runs"],
+        matmul_size=o["matmul_size"],
     )
     click.echo(gpu.format_table(report))
     _write(o["json_file"], json.dumps(report, indent=2) + "\n", _console())
