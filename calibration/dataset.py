@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from restv2_edge.converters.base import QuantizationSettings
 
 from restv2_edge.errors import DataError, ExportError
 from restv2_edge.preprocess import Preprocessing
@@ -227,23 +228,15 @@ def load_calibration_set(folder: str | os.PathLike[str]) -> CalibrationSet:
     return calib
 
 
-def model_preprocessing(model: Any) -> Preprocessing | None:
-    """The preprocessing a (possibly RawInput-wrapped) graph was built with."""
-    for candidate in (model, getattr(model, "model", None), getattr(model, "inner", None)):
-        pre = getattr(candidate, "preprocessing", None)
-        if isinstance(pre, Preprocessing):
-            return pre
-    return None
-
-
 def calibration_batches(model: Any, request: Any) -> list[np.ndarray]:
-    """The request's calibration inputs for ``model``, checked against its preprocessing."""
+    """The request's calibration inputs, one (1, 3, S, S) array per image, checked against the
+    preprocessing of the model the request is for (``ExportRequest.for_model``; ``model``, the
+    graph, is not read)."""
     calib = request.calibration
     if calib is None:
         raise ExportError("INT8 export needs a calibration set (--calib or --calib-data)")
-    pre = model_preprocessing(model)
-    if pre is not None:
-        calib.check_matches(pre)
+    if request.preprocessing is not None:
+        calib.check_matches(request.preprocessing)
     return calib.batches(raw_input=request.raw_input)
 
 
@@ -253,7 +246,7 @@ def quantization_record(request: Any, method: str, **extra: Any) -> dict[str, An
     record: dict[str, Any] = {
         "calibration": calib.summary() if calib is not None else None,
         "method": method,
-        "layers_kept_float": list(request.quantization.get("keep_float", [])),
+        "layers_kept_float": list(request.quantization.keep_float),
     }
     record.update(extra)
     return record
@@ -301,22 +294,22 @@ def calibration_preprocessing(
     return Preprocessing.from_dict(data)
 
 
-def quantization_settings(options: dict[str, Any]) -> dict[str, Any]:
-    """The ExportRequest.quantization dict from the CLI's export options."""
+def quantization_settings(options: dict[str, Any]) -> QuantizationSettings:
+    """The ExportRequest.quantization settings from the CLI's export options."""
     if not options.get("weights_only") and not (options.get("calib") or options.get("calib_data")):
         raise ExportError("--int8 needs a calibration set: --calib DIR or --calib-data PATH")
     if options.get("calib") and options.get("calib_data"):
         raise ExportError("give --calib or --calib-data, not both")
-    settings: dict[str, Any] = {"method": options.get("calib_method") or "percentile"}
-    if options.get("weights_only"):
-        settings["weights_only"] = True
-    if options.get("max_drop") is not None:
-        if options["max_drop"] < 0:
-            raise ExportError("--max-drop must be >= 0 (percentage points)")
-        settings["max_drop"] = float(options["max_drop"])
-        if options.get("accuracy_data"):
-            settings["accuracy_data"] = str(options["accuracy_data"])
-    return settings
+    max_drop = options.get("max_drop")
+    if max_drop is not None and max_drop < 0:
+        raise ExportError("--max-drop must be >= 0 (percentage points)")
+    accuracy_data = options.get("accuracy_data") if max_drop is not None else None
+    return QuantizationSettings(
+        method=options.get("calib_method") or "percentile",
+        weights_only=bool(options.get("weights_only")),
+        max_drop=float(max_drop) if max_drop is not None else None,
+        accuracy_data=str(accuracy_data) if accuracy_data else None,
+    )
 
 
 def request_calibration(

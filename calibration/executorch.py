@@ -49,3 +49,17 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
             weights="int8 symmetric per-channel",
         ),
     )
+
+
+# The recipe's declaration (calibration/recipes.py discovers it).
+from functools import partial  # noqa: E402
+
+from restv2_edge.calibration.pt2e_guard import export_within_drop, rank_simulated  # noqa: E402
+from restv2_edge.calibration.recipes import Int8Recipe  # noqa: E402
+
+RECIPE = Int8Recipe(
+    target="executorch",
+    export=export_int8,
+    max_drop=partial(export_within_drop, export_int8),
+    sensitivity=rank_simulated,
+)

@@ -7,6 +7,11 @@ convolutions that resample (EMSA's strided K/V reduction, the V-upsampling conv)
 (``quant_pre_process``: symbolic shapes + ORT graph optimizations) before quantizing.
 Activations are uint8 (asymmetric), weights int8 (symmetric, per output channel): the U8S8
 kernels of onnxruntime on x86 (VNNI).
+
+Sensitivity: calibrate once (onnxruntime's calibration cache), then quantize each MatMul/
+Conv/Gemm *alone* and measure how far its logits move from the fp32 graph's (1 - mean cosine
+over calibration images). ``--max-drop``: the shared keep-float loop
+(calibration/sensitivity.py) over that ranking, each trial a quantized graph in onnxruntime.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from typing import Any
 import numpy as np
 from restv2_edge.calibration.dataset import calibration_batches, quantization_record
 from restv2_edge.calibration.pt2e import regroup
+from restv2_edge.calibration.recipes import Int8Recipe
+from restv2_edge.calibration.sensitivity import (
+    SENSITIVITY_IMAGES,
+    cosine,
+    final_request,
+    held_back_data,
+    keep_float_until_within,
+    max_drop_record,
+    top1_percent,
+)
 
 from restv2_edge.errors import ExportError
 
@@ -124,7 +139,7 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
     import onnx
     from restv2_edge.converters.onnx import CONVERTER, INPUT_NAME, MODEL_FILE
 
-    method = request.quantization.get("method", DEFAULT_METHOD)
+    method = request.quantization.method or DEFAULT_METHOD
     batches = regroup(calibration_batches(model, request), request.batch_size)
     fp32_request = copy.copy(request)
     fp32_request.precision = "fp32"
@@ -135,7 +150,7 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
     progress("calibrate")
     try:
         quantize_onnx_file(
-            fp32_path, path, batches, INPUT_NAME, method, request.quantization.get("keep_float")
+            fp32_path, path, batches, INPUT_NAME, method, list(request.quantization.keep_float)
         )
     finally:
         fp32_path.unlink(missing_ok=True)
@@ -202,3 +217,144 @@ def float_convolutions(path: Path) -> list[str]:
         if group > 1 and (resamples or out_channels > group):
             names.append(node.name)
     return names
+
+
+class OnnxQuantizer:
+    """One fp32 ONNX graph, calibrated once, quantized with any set of layers kept float."""
+
+    def __init__(self, fp32_path: Path, batches: list[np.ndarray], method: str, work: Path):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from restv2_edge.converters.onnx import INPUT_NAME
+
+        self.work = work
+        self.prepared = work / "prepared.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(self.prepared), skip_symbolic_shape=True)
+        except Exception:  # an optimization only
+            self.prepared = fp32_path
+        self.cache = work / "calibration-cache.json"
+        self.batches = batches
+        self.method = method
+        self.input_name = INPUT_NAME
+        self.nodes = quantizable_nodes(self.prepared)
+        self.fp32_path = fp32_path
+        self._count = 0
+
+    def quantize(self, exclude: list[str] | None = None, only: list[str] | None = None) -> Path:
+        """A quantized copy (ranges from the shared calibration cache)."""
+        self._count += 1
+        out = self.work / f"q{self._count}.onnx"
+        quantize_onnx_file(
+            self.prepared,
+            out,
+            self.batches,
+            self.input_name,
+            self.method,
+            exclude,
+            only=only,
+            cache=self.cache,
+            preprocess=False,
+        )
+        return out
+
+    def session(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def logits(self, session: Any, images: np.ndarray) -> np.ndarray:
+        batch = int(session.get_inputs()[0].shape[0])
+        outs = []
+        for start in range(0, len(images) - batch + 1, batch):
+            chunk = np.ascontiguousarray(images[start : start + batch], np.float32)
+            outs.append(session.run(None, {self.input_name: chunk})[0])
+        return np.concatenate(outs)
+
+
+def rank_layers(quantizer: OnnxQuantizer, images: np.ndarray) -> list[dict[str, Any]]:
+    """Every quantizable layer with the logits error its quantization alone causes."""
+    reference = quantizer.logits(quantizer.session(quantizer.fp32_path), images)
+    if not quantizer.cache.is_file():  # calibrate every tensor once, before single layers
+        quantizer.quantize().unlink(missing_ok=True)
+    rows = []
+    for node in quantizer.nodes:
+        path = quantizer.quantize(only=[node])
+        value = cosine(reference, quantizer.logits(quantizer.session(path), images))
+        path.unlink(missing_ok=True)
+        rows.append({"layer": node, "cosine": value, "error": 1.0 - value})
+    rows.sort(key=lambda row: row["error"], reverse=True)
+    return rows
+
+
+def _fp32_onnx(graph: Any, example: Any, work: Path) -> Path:
+    from restv2_edge.converters.base import ExportRequest
+    from restv2_edge.converters.onnx import CONVERTER, MODEL_FILE
+
+    folder = work / "fp32"
+    folder.mkdir()
+    CONVERTER.export(graph, example, folder, ExportRequest(), lambda step: None)
+    return folder / MODEL_FILE
+
+
+def rank_sensitivity(graph: Any, calib: Any, images: int) -> tuple[list[dict[str, Any]], str]:
+    """``calibrate --sensitivity``: onnxruntime's quantizer, one layer at a time (min/max)."""
+    import torch
+
+    example = torch.from_numpy(calib.inputs[:1].copy())
+    with tempfile.TemporaryDirectory(prefix="restv2-sensitivity-") as tmp:
+        work = Path(tmp)
+        fp32 = _fp32_onnx(graph, example, work)
+        rows = rank_layers(OnnxQuantizer(fp32, calib.batches(), "minmax", work),
+                           calib.inputs[:images])  # fmt: skip
+    return rows, "1 - mean cosine(logits fp32, logits with only this layer int8)"
+
+
+def export_int8_within_drop(
+    model: Any, example: Any, workdir: Path, request: Any, progress: Any
+) -> Any:
+    """INT8 with the most sensitive layers kept float until the top-1 drop is <= max_drop."""
+    from restv2_edge.parity import torch_logits
+
+    limit = float(request.quantization.max_drop)
+    method = request.quantization.method or DEFAULT_METHOD
+    batches = regroup(calibration_batches(model, request), request.batch_size)
+    images, labels = held_back_data(request)
+    images = images[: len(images) - len(images) % request.batch_size]
+    labels = labels[: len(images)]
+    fp32_top1 = top1_percent(torch_logits(model, images), labels)
+    progress("sensitivity")
+    with tempfile.TemporaryDirectory(prefix="restv2-maxdrop-") as tmp:
+        work = Path(tmp)
+        quantizer = OnnxQuantizer(_fp32_onnx(model, example, work), batches, method, work)
+        trials = []
+
+        def top1(exclude: list[str]) -> float:
+            path = quantizer.quantize(exclude=exclude)
+            logits = quantizer.logits(quantizer.session(path), images)
+            path.unlink(missing_ok=True)
+            value = top1_percent(logits, labels)
+            trials.append({"kept_float": len(exclude), "top1": value})
+            return value
+
+        keep, accuracy = keep_float_until_within(
+            top1,
+            lambda: rank_layers(quantizer, np.concatenate(batches)[:SENSITIVITY_IMAGES]),
+            fp32_top1,
+            limit,
+        )
+    final = final_request(request, keep)
+    result = export_int8(model, example, workdir, final, progress)
+    result.quantization = {
+        **quantization_record(final, method),
+        **{k: v for k, v in result.quantization.items() if k != "layers_kept_float"},
+        "max_drop": max_drop_record(request, limit, len(images), fp32_top1, accuracy, trials),
+    }
+    return result
+
+
+RECIPE = Int8Recipe(
+    target="onnx",
+    export=export_int8,
+    max_drop=export_int8_within_drop,
+    sensitivity=rank_sensitivity,
+)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,9 @@ from typing import Any
 
 from restv2_edge.calibration.dataset import calibration_batches, quantization_record
 from restv2_edge.calibration.pt2e import regroup
+from restv2_edge.calibration.pt2e_guard import rank_simulated
+from restv2_edge.calibration.recipes import Int8Recipe
+from restv2_edge.calibration.sensitivity import held_back_data, max_drop_record, top1_percent
 
 from restv2_edge.errors import ExportError
 
@@ -61,13 +65,10 @@ def export_int8_within_drop(
     """``--max-drop``: NNCF's own accuracy control (``quantize_with_accuracy_control``) reverts
     the layers that cost the most top-1 to float until the drop on held-back labelled images
     is within the limit; skipped when plain quantization is already within it."""
-    from restv2_edge.calibration.dataset import model_preprocessing
-    from restv2_edge.calibration.sensitivity import held_back_data
-
     from restv2_edge.parity import torch_logits
 
-    images, labels = held_back_data(request, model_preprocessing(model))
-    fp32_top1 = float((torch_logits(model, images).argmax(1) == labels).mean() * 100)
+    images, labels = held_back_data(request)
+    fp32_top1 = top1_percent(torch_logits(model, images), labels)
     return _export(model, example, workdir, request, progress, (images, labels, fp32_top1))
 
 
@@ -105,7 +106,7 @@ def _export(
     fp32_request.precision = "fp32"
     staging = workdir / "fp32"
     staging.mkdir()
-    keep = list(request.quantization.get("keep_float", []))
+    keep = list(request.quantization.keep_float)
     settings: dict[str, Any] = {
         "model_type": nncf.ModelType.TRANSFORMER,
         "subset_size": len(batches),
@@ -148,7 +149,8 @@ def _export(
     }
     record = copy.copy(request)
     if max_drop is not None:
-        record.quantization = {**request.quantization, "keep_float": max_drop.pop("kept_float")}
+        kept = tuple(max_drop.pop("kept_float"))
+        record.quantization = dataclasses.replace(request.quantization, keep_float=kept)
     result.quantization = quantization_record(
         record,
         "minmax",
@@ -176,10 +178,9 @@ def _restore_accuracy(
     import nncf
     import numpy as np
     import openvino as ov
-    from restv2_edge.calibration.sensitivity import max_drop_record
 
     images, labels, fp32_top1 = accuracy
-    limit = float(request.quantization["max_drop"])
+    limit = float(request.quantization.max_drop)
 
     def top1(model: Any) -> float:
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -211,3 +212,17 @@ def _restore_accuracy(
         kept = []
     record = max_drop_record(request, limit, len(images), fp32_top1, trials[-1]["top1"], trials)
     return quantized, {**record, "kept_float": kept}
+
+
+def rank_sensitivity(graph: Any, calib: Any, images: int) -> tuple[list[dict[str, Any]], str]:
+    """``calibrate --sensitivity``: NNCF's int8 scheme simulated in PyTorch on weights and
+    inputs only, where NNCF puts its FakeQuantize (calibration/pt2e_guard.py)."""
+    return rank_simulated(graph, calib, images, outputs=False)
+
+
+RECIPE = Int8Recipe(
+    target="openvino",
+    export=export_int8,
+    max_drop=export_int8_within_drop,
+    sensitivity=rank_sensitivity,
+)

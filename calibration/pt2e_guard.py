@@ -1,4 +1,5 @@
-"""Accuracy guard for the PT2E targets (executorch, coreml W8A8).
+"""Accuracy guard for the PT2E recipes (ExecuTorch, Core ML W8A8), and the simulated ranking
+that OpenVINO's sensitivity reuses without output quantization.
 
 Sensitivity is simulated in PyTorch with the XNNPACKQuantizer scheme: one calibration pass
 records the input and output range of every Linear/Conv2d; each layer is then fake-quantized
@@ -12,7 +13,8 @@ images exceeds P points, keep the 1, 2, 4, ... most sensitive modules in float (
 filter on the quantizer), then the blocks and positional modules whose own adds/matmuls/
 multiplies are int8 too (``activation_scopes``). Each trial runs the converted PT2E graph
 (quantize/dequantize ops) in PyTorch; the final artifact is built by the target's recipe with
-the same modules kept float and checked by the usual parity gate in its own runtime.
+the same modules kept float and checked by the usual parity gate in its own runtime. A recipe
+declares the guard as ``functools.partial(export_within_drop, <its recipe function>)``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import numpy as np
 from restv2_edge.calibration.dataset import calibration_batches, quantization_record
 from restv2_edge.calibration.pt2e import CALIBRATION_BATCH, quantize_pt2e, regroup
 
-PT2E_TARGETS = ("executorch", "coreml")
 #: where --max-drop trials are measured (recorded in the manifest)
 TRIAL_RUNTIME = "converted PT2E graph in PyTorch (quantize/dequantize ops)"
 
@@ -155,31 +156,45 @@ def rank_modules(
     return rows
 
 
+def rank_simulated(
+    graph: Any, calib: Any, images: int, outputs: bool = True
+) -> tuple[list[dict[str, Any]], str]:
+    """``calibrate --sensitivity`` by simulation: ``rank_modules`` on the calibration set, and
+    the metric it measured."""
+    rows = rank_modules(graph, calib.inputs, calib.inputs[:images], outputs)
+    metric = (
+        "1 - mean cosine(logits fp32, logits with only this module fake-quantized in "
+        "PyTorch: int8 per-channel weights, per-tensor min/max activations "
+        f"({'input and output' if outputs else 'input'}))"
+    )
+    return rows, metric
+
+
 def export_within_drop(
-    target: str, model: Any, example: Any, workdir: Path, request: Any, progress: Any
+    recipe: Any, model: Any, example: Any, workdir: Path, request: Any, progress: Any
 ) -> Any:
-    """PT2E int8 with the most sensitive modules kept float until the drop is <= max_drop."""
-    from restv2_edge.calibration.dataset import model_preprocessing
-    from restv2_edge.calibration.recipes import recipe_for
+    """PT2E int8 with the most sensitive modules kept float until the drop is <= max_drop;
+    ``recipe`` (the target's recipe function) builds the final artifact."""
     from restv2_edge.calibration.sensitivity import (
         SENSITIVITY_IMAGES,
         final_request,
         held_back_data,
         keep_float_until_within,
         max_drop_record,
+        top1_percent,
     )
 
-    limit = float(request.quantization["max_drop"])
+    limit = float(request.quantization.max_drop)
     batches = regroup(calibration_batches(model, request), request.batch_size)
-    images, labels = held_back_data(request, model_preprocessing(model))
+    images, labels = held_back_data(request)
     model = model.eval()
-    fp32_top1 = float((_forward(model, images).argmax(1) == labels).mean() * 100)
+    fp32_top1 = top1_percent(_forward(model, images), labels)
     trials: list[dict[str, Any]] = []
 
     def top1(keep: list[str]) -> float:
         progress(f"quantize, {len(keep)} kept float")
         quantized = quantize_pt2e(model, example, batches, keep)
-        value = float((_forward(quantized, images).argmax(1) == labels).mean() * 100)
+        value = top1_percent(_forward(quantized, images), labels)
         trials.append({"kept_float": len(keep), "top1": value})
         return value
 
@@ -194,7 +209,7 @@ def export_within_drop(
 
     keep, accuracy = keep_float_until_within(top1, rank, fp32_top1, limit)
     final = final_request(request, keep)
-    result = recipe_for(target)(model, example, workdir, final, progress)
+    result = recipe(model, example, workdir, final, progress)
     record = max_drop_record(request, limit, len(images), fp32_top1, accuracy, trials)
     record["measured_on"] = TRIAL_RUNTIME
     result.quantization = {

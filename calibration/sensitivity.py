@@ -1,27 +1,28 @@
-"""Accuracy guard for INT8: per-layer sensitivity and ``--max-drop``, onnx here; openvino
-through NNCF's accuracy control (calibration/openvino.py); executorch and coreml through the
-PT2E guard (calibration/pt2e_guard.py). The shared pieces (held-back data, the manifest
-record, the dispatch) live here.
+"""Accuracy guard for INT8, the pieces every target's guard shares: held-back labelled data,
+the keep-float loop, the manifest record, and ``calibrate --sensitivity``.
 
-ONNX sensitivity: calibrate once (onnxruntime's calibration cache), then quantize each MatMul/
-Conv/Gemm *alone* and measure how far its logits move from the fp32 graph's (1 - mean
-cosine over calibration images). ``--max-drop P``: quantize everything; while the top-1
-drop on held-back labelled images (not in the calibration set) exceeds P points, keep the
-most sensitive layers in float (1, 2, 4, ... of them). The layers kept float and the
-measured accuracies go into the manifest.
+Each target's recipe declares its own guard and ranker (``Int8Recipe.max_drop`` /
+``.sensitivity``): onnxruntime's quantizer with single layers quantized (calibration/onnx.py),
+NNCF's accuracy control (calibration/openvino.py), the PT2E graph (calibration/pt2e_guard.py,
+executorch and coreml). ``--max-drop P``: quantize everything; while the top-1 drop on
+held-back labelled images (not in the calibration set) exceeds P points, keep the most
+sensitive layers in float (1, 2, 4, ... of them). The layers kept float and the measured
+accuracies go into the manifest.
+
+Labels are matched to the model's classes by name (``restv2_edge.evaluate.label_mapping``), so
+a folder's class order never matters; the default data (CIFAR-10 test) serves only models whose
+classes include CIFAR-10's.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from restv2_edge.calibration.dataset import calibration_batches, quantization_record
 
 from restv2_edge.errors import DataError, ExportError
 
@@ -29,64 +30,8 @@ from restv2_edge.errors import DataError, ExportError
 SENSITIVITY_IMAGES = 32
 #: held-back labelled images for --max-drop
 ACCURACY_LIMIT = 500
-MAX_DROP_TARGETS = ("onnx", "openvino", "executorch", "coreml")
-#: targets ``calibrate --sensitivity`` ranks layers for
-SENSITIVITY_TARGETS = ("onnx", "openvino", "executorch", "coreml")
-
-
-class OnnxQuantizer:
-    """One fp32 ONNX graph, calibrated once, quantized with any set of layers kept float."""
-
-    def __init__(self, fp32_path: Path, batches: list[np.ndarray], method: str, work: Path):
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-        from restv2_edge.calibration.onnx import quantizable_nodes
-        from restv2_edge.converters.onnx import INPUT_NAME
-
-        self.work = work
-        self.prepared = work / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(self.prepared), skip_symbolic_shape=True)
-        except Exception:  # an optimization only
-            self.prepared = fp32_path
-        self.cache = work / "calibration-cache.json"
-        self.batches = batches
-        self.method = method
-        self.input_name = INPUT_NAME
-        self.nodes = quantizable_nodes(self.prepared)
-        self.fp32_path = fp32_path
-        self._count = 0
-
-    def quantize(self, exclude: list[str] | None = None, only: list[str] | None = None) -> Path:
-        """A quantized copy (ranges from the shared calibration cache)."""
-        from restv2_edge.calibration.onnx import quantize_onnx_file
-
-        self._count += 1
-        out = self.work / f"q{self._count}.onnx"
-        quantize_onnx_file(
-            self.prepared,
-            out,
-            self.batches,
-            self.input_name,
-            self.method,
-            exclude,
-            only=only,
-            cache=self.cache,
-            preprocess=False,
-        )
-        return out
-
-    def session(self, path: Path) -> Any:
-        import onnxruntime as ort
-
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def logits(self, session: Any, images: np.ndarray) -> np.ndarray:
-        batch = int(session.get_inputs()[0].shape[0])
-        outs = []
-        for start in range(0, len(images) - batch + 1, batch):
-            chunk = np.ascontiguousarray(images[start : start + batch], np.float32)
-            outs.append(session.run(None, {self.input_name: chunk})[0])
-        return np.concatenate(outs)
+#: --max-drop's labelled data when none is given, inside the shared data folder
+DEFAULT_ACCURACY_DATA = "cifar10/test.tar"
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,71 +40,27 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(axis=1) / np.maximum(norms, 1e-30)).mean())
 
 
-def rank_layers(quantizer: OnnxQuantizer, images: np.ndarray) -> list[dict[str, Any]]:
-    """Every quantizable layer with the logits error its quantization alone causes."""
-    reference = quantizer.logits(quantizer.session(quantizer.fp32_path), images)
-    if not quantizer.cache.is_file():  # calibrate every tensor once, before single layers
-        quantizer.quantize().unlink(missing_ok=True)
-    rows = []
-    for node in quantizer.nodes:
-        path = quantizer.quantize(only=[node])
-        value = cosine(reference, quantizer.logits(quantizer.session(path), images))
-        path.unlink(missing_ok=True)
-        rows.append({"layer": node, "cosine": value, "error": 1.0 - value})
-    rows.sort(key=lambda row: row["error"], reverse=True)
-    return rows
-
-
-def _fp32_onnx(graph: Any, example: Any, work: Path) -> Path:
-    from restv2_edge.converters.base import ExportRequest
-    from restv2_edge.converters.onnx import CONVERTER, MODEL_FILE
-
-    folder = work / "fp32"
-    folder.mkdir()
-    CONVERTER.export(graph, example, folder, ExportRequest(), lambda step: None)
-    return folder / MODEL_FILE
-
-
 def run_sensitivity(
     target: str, variant: Any, weights: str, calib: Any, images: int = SENSITIVITY_IMAGES
 ) -> dict[str, Any]:
-    """Rank the layers of the checkpoint's model by their INT8 sensitivity for ``target``:
-    onnxruntime's quantizer (onnx), else a PyTorch simulation of the target's scheme
-    (calibration/pt2e_guard.py: XNNPACKQuantizer for executorch/coreml; for openvino the
-    same int8 scheme on weights and inputs only, where NNCF puts its FakeQuantize)."""
-    import torch
-    from restv2_edge.converters.base import get_converter
+    """Rank the layers of the checkpoint's model by their INT8 sensitivity for ``target``,
+    with the ranker its recipe declares, on the graph form its converter exports."""
+    from restv2_edge.calibration.recipes import get_recipe, has_int8_recipe, targets_where
+    from restv2_edge.converters.base import get_descriptor
 
     from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
-    if target not in SENSITIVITY_TARGETS:
+    ranker = get_recipe(target).sensitivity if has_int8_recipe(target) else None
+    if ranker is None:
+        offered = targets_where(lambda other: other.sensitivity is not None)
         raise ExportError(
-            f"sensitivity analysis is implemented for {', '.join(SENSITIVITY_TARGETS)}, "
-            f"not {target}"
+            f"sensitivity analysis is implemented for {', '.join(offered)}, not {target}"
         )
     model = create_model(variant, calib.image_size, None, weights)
     calib.check_matches(model.preprocessing)
-    if target == "onnx":
-        graph = export_graph(model, "native", False)
-        example = torch.from_numpy(calib.inputs[:1].copy())
-        with tempfile.TemporaryDirectory(prefix="restv2-sensitivity-") as tmp:
-            work = Path(tmp)
-            fp32 = _fp32_onnx(graph, example, work)
-            rows = rank_layers(OnnxQuantizer(fp32, calib.batches(), "minmax", work),
-                               calib.inputs[:images])  # fmt: skip
-        metric = "1 - mean cosine(logits fp32, logits with only this layer int8)"
-    else:
-        from restv2_edge.calibration.pt2e_guard import rank_modules
-
-        graph = export_graph(model, get_converter(target).graph_form, False)
-        outputs = target != "openvino"
-        rows = rank_modules(graph, calib.inputs, calib.inputs[:images], outputs)
-        metric = (
-            "1 - mean cosine(logits fp32, logits with only this module fake-quantized in "
-            "PyTorch: int8 per-channel weights, per-tensor min/max activations "
-            f"({'input and output' if outputs else 'input'}))"
-        )
+    graph = export_graph(model, get_descriptor(target).graph_form, False)
+    rows, metric = ranker(graph, calib, images)
     return {
         "target": target,
         "calibration": calib.summary(),
@@ -175,16 +76,41 @@ def render_sensitivity(report: dict[str, Any], top: int, echo: Callable[[str], N
         echo(f"{rank:>4}  {row['error']:10.3e}  {row['layer']}")
 
 
-def held_back_data(
-    request: Any, pre: Any, limit: int = ACCURACY_LIMIT
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled images (default: CIFAR-10 test) minus the calibration images, preprocessed."""
+def held_back_data(request: Any, limit: int = ACCURACY_LIMIT) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled images minus the calibration images, preprocessed as the request's model
+    expects, with labels as the model's class indices (matched by class name).
+
+    Without ``accuracy_data`` this is CIFAR-10 test, which only serves a model whose classes
+    include CIFAR-10's; data whose classes are not among the model's is a DataError.
+    """
     from restv2_edge.data import open_labelled, shared_data_root
+    from restv2_edge.evaluate import label_mapping
     from restv2_edge.preprocess import preprocess_image
 
-    path = request.quantization.get("accuracy_data") or shared_data_root() / "cifar10" / "test.tar"
+    pre = request.preprocessing
+    if pre is None:
+        raise ExportError("--max-drop needs the model's preprocessing on the export request")
+    names = list(request.class_names or [])
+    given = request.quantization.accuracy_data
+    path = given or shared_data_root() / DEFAULT_ACCURACY_DATA
+    if not given and not path.exists():
+        raise DataError(
+            f"--max-drop: the default held-back data {path} is missing; "
+            "give labelled images of the model's classes with --accuracy-data"
+        )
     source = open_labelled(path)
-    used = {entry.get("sha256") for entry in (request.calibration.sources or [])}
+    if not given and not set(source.class_names) <= set(names):
+        raise DataError(
+            f"--max-drop: the default held-back data ({DEFAULT_ACCURACY_DATA}) has classes the "
+            "model does not have; give labelled images of the model's classes with "
+            "--accuracy-data"
+        )
+    try:
+        mapping = label_mapping(source.class_names, names)
+    except DataError as exc:
+        raise DataError(f"--max-drop data {path}: {exc}") from None
+    calib = request.calibration
+    used = {entry.get("sha256") for entry in (calib.sources if calib is not None else [])}
     source = source.subset(limit)
     images, labels = [], []
     for key, label, image in source.iter_images():
@@ -193,10 +119,15 @@ def held_back_data(
         if used and hashlib.sha256(source.read(key)).hexdigest() in used:
             continue
         images.append(preprocess_image(image, pre))
-        labels.append(label)
+        labels.append(int(mapping[label]))
     if not images:
         raise DataError(f"{path}: no labelled image for --max-drop")
     return np.stack(images), np.asarray(labels)
+
+
+def top1_percent(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    return float((logits.argmax(1) == labels).mean() * 100)
 
 
 def max_drop_record(
@@ -205,7 +136,7 @@ def max_drop_record(
     """The manifest's ``quantization.max_drop`` (shared by every target's guard)."""
     return {
         "limit_points": limit,
-        "data": str(request.quantization.get("accuracy_data") or "cifar10/test.tar"),
+        "data": str(request.quantization.accuracy_data or DEFAULT_ACCURACY_DATA),
         "images": int(images),
         "fp32_top1": fp32_top1,
         "int8_top1": int8_top1,
@@ -238,72 +169,7 @@ def keep_float_until_within(
 def final_request(request: Any, keep: list[str]) -> Any:
     """The request for the artifact itself: no ``max_drop``, ``keep`` in float."""
     final = copy.copy(request)
-    final.quantization = {
-        key: value for key, value in request.quantization.items() if key != "max_drop"
-    }
-    final.quantization["keep_float"] = keep
+    final.quantization = dataclasses.replace(
+        request.quantization, max_drop=None, keep_float=tuple(keep)
+    )
     return final
-
-
-def export_within_drop(
-    target: str, model: Any, example: Any, workdir: Path, request: Any, progress: Any
-) -> Any:
-    """INT8 with the most sensitive layers kept float until the top-1 drop is <= max_drop."""
-    from restv2_edge.calibration.dataset import model_preprocessing
-    from restv2_edge.calibration.onnx import DEFAULT_METHOD, export_int8
-    from restv2_edge.calibration.pt2e import regroup
-
-    from restv2_edge.parity import torch_logits
-
-    if target not in MAX_DROP_TARGETS:
-        raise ExportError(
-            f"--max-drop is implemented for {', '.join(MAX_DROP_TARGETS)}, not {target}"
-        )
-    if request.raw_input:
-        raise ExportError("--max-drop needs a normalized-input export (no --raw-input)")
-    if target == "openvino":  # NNCF's own accuracy control
-        from restv2_edge.calibration.openvino import export_int8_within_drop
-
-        return export_int8_within_drop(model, example, workdir, request, progress)
-    from restv2_edge.calibration.pt2e_guard import PT2E_TARGETS
-    from restv2_edge.calibration.pt2e_guard import export_within_drop as pt2e_within_drop
-
-    if target in PT2E_TARGETS:
-        if request.quantization.get("weights_only"):
-            raise ExportError("--max-drop needs calibrated W8A8 int8, not --weights-only")
-        return pt2e_within_drop(target, model, example, workdir, request, progress)
-    limit = float(request.quantization["max_drop"])
-    method = request.quantization.get("method", DEFAULT_METHOD)
-    batches = regroup(calibration_batches(model, request), request.batch_size)
-    images, labels = held_back_data(request, model_preprocessing(model))
-    images = images[: len(images) - len(images) % request.batch_size]
-    labels = labels[: len(images)]
-    fp32_top1 = float((torch_logits(model, images).argmax(1) == labels).mean() * 100)
-    progress("sensitivity")
-    with tempfile.TemporaryDirectory(prefix="restv2-maxdrop-") as tmp:
-        work = Path(tmp)
-        quantizer = OnnxQuantizer(_fp32_onnx(model, example, work), batches, method, work)
-        trials = []
-
-        def top1(exclude: list[str]) -> float:
-            path = quantizer.quantize(exclude=exclude)
-            logits = quantizer.logits(quantizer.session(path), images)
-            path.unlink(missing_ok=True)
-            value = float((logits.argmax(1) == labels).mean() * 100)
-            trials.append({"kept_float": len(exclude), "top1": value})
-            return value
-
-        keep, accuracy = keep_float_until_within(
-            top1,
-            lambda: rank_layers(quantizer, np.concatenate(batches)[:SENSITIVITY_IMAGES]),
-            fp32_top1,
-            limit,
-        )
-    final = final_request(request, keep)
-    result = export_int8(model, example, workdir, final, progress)
-    result.quantization = {
-        **quantization_record(final, method),
-        **{k: v for k, v in result.quantization.items() if k != "layers_kept_float"},
-        "max_drop": max_drop_record(request, limit, len(images), fp32_top1, accuracy, trials),
-    }
-    return result

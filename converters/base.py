@@ -1,24 +1,102 @@
-"""The one interface every target implements: export -> artifact folder, load -> runner."""
+"""The one interface every target implements: export -> artifact folder, load -> runner.
+
+Also the request a target is asked to build (``ExportRequest``, with its
+``QuantizationSettings``) and the registry's public names (``target_names``,
+``get_descriptor``, ``get_converter``, ``installed_targets``; converters/registry.py).
+"""
 
 from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from restv2_edge.converters.registry import (
+    TargetDescriptor,
+    get_converter,
+    get_descriptor,
+    installed_targets,
+    target_names,
+)
 
-from restv2_edge.errors import BackendMissingError, ExportError
+from restv2_edge.errors import ExportError
+
+if TYPE_CHECKING:
+    from restv2_edge.config import ModelConfig
+    from restv2_edge.preprocess import Preprocessing
 
 Progress = Callable[[str], None]
+#: the precision that calibration/ recipes build (every other one is a converter's own)
+INT8 = "int8"
+
+__all__ = [
+    "INT8",
+    "Converter",
+    "ExportRequest",
+    "ExportResult",
+    "Progress",
+    "QuantizationSettings",
+    "Runner",
+    "TargetDescriptor",
+    "get_converter",
+    "get_descriptor",
+    "half_precision",
+    "installed_targets",
+    "target_names",
+]
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """How an INT8 export quantizes (``ExportRequest.quantization``); every recipe reads these.
+
+    ``method``: the range estimator where the recipe offers a choice (None: the recipe's
+    default). ``weights_only``: int8 weights, float activations, no calibration (where the
+    recipe has that scheme). ``max_drop``: the accuracy guard's limit in top-1 points, measured
+    on ``accuracy_data`` (labelled, held back from calibration). ``keep_float``: layer names
+    left in float (set by the guard, or by hand from ``calibrate --sensitivity``).
+    """
+
+    method: str | None = None
+    weights_only: bool = False
+    max_drop: float | None = None
+    accuracy_data: str | None = None
+    keep_float: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> QuantizationSettings:
+        """Settings from the keys of the older plain-dict form."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ExportError(
+                f"unknown quantization setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        settings = dict(values)
+        if "keep_float" in settings:
+            settings["keep_float"] = tuple(settings["keep_float"] or ())
+        return cls(**settings)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style read, for callers written against the plain-dict form."""
+        value = getattr(self, key, None)
+        return default if value is None else value
 
 
 @dataclass
 class ExportRequest:
-    """What to build. ``options`` carries target-specific flags (e.g. Core ML's target OS)."""
+    """What to build. ``options`` carries target-specific flags (e.g. Core ML's target OS).
+
+    ``preprocessing``, ``class_names`` and ``model_config`` describe the model being exported
+    (``for_model``): recipes and converters read them here rather than from the graph.
+    ``quantization`` may be given as a dict (older callers); it is read as
+    ``QuantizationSettings``.
+    """
 
     precision: str = "fp32"
     raw_input: bool = False
@@ -26,7 +104,24 @@ class ExportRequest:
     options: dict[str, Any] = field(default_factory=dict)
     # INT8: a CalibrationSet (calibration/) and the quantization settings.
     calibration: Any = None
-    quantization: dict[str, Any] = field(default_factory=dict)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    model_config: ModelConfig | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "quantization" and isinstance(value, Mapping):
+            value = QuantizationSettings.from_dict(value)
+        super().__setattr__(name, value)
+
+    def for_model(self, model: Any) -> ExportRequest:
+        """A copy that carries ``model``'s preprocessing, class names (numbered when it has
+        none, as in the manifest) and config."""
+        config = model.config
+        names = model.class_names or [str(i) for i in range(config.num_classes)]
+        return replace(
+            self, preprocessing=model.preprocessing, class_names=list(names), model_config=config
+        )
 
 
 @dataclass
@@ -70,37 +165,51 @@ class Runner(abc.ABC):
 
 
 class Converter(abc.ABC):
-    """One target: its pip extra, its precisions, its export and its runner."""
+    """One target's float export and runner. Its facts (name, extra, precisions, graph form)
+    are the ``DESCRIPTOR`` of the module that defines it."""
 
-    name: str = ""
-    extra: str = ""
-    #: import names that must be present; the first missing one is named in the error
-    packages: tuple[str, ...] = ()
-    precisions: tuple[str, ...] = ("fp32",)
-    default_precision: str = "fp32"
-    #: the model graph form this target exports best (restv2_edge.model.GraphForm)
-    graph_form: str = "native"
-    #: model file extension, for messages
-    suffix: str = ""
+    @property
+    def descriptor(self) -> TargetDescriptor:
+        return importlib.import_module(type(self).__module__).DESCRIPTOR
+
+    @property
+    def name(self) -> str:
+        return self.descriptor.name
+
+    @property
+    def extra(self) -> str:
+        return self.descriptor.extra
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return self.descriptor.packages
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Float precisions (int8 availability: ``calibration.recipes.supported_precisions``)."""
+        return self.descriptor.precisions
+
+    @property
+    def default_precision(self) -> str:
+        return self.descriptor.default_precision
+
+    @property
+    def graph_form(self) -> str:
+        return self.descriptor.graph_form
+
+    @property
+    def suffix(self) -> str:
+        return self.descriptor.suffix
 
     def check_installed(self) -> None:
-        for package in self.packages:
-            try:
-                importlib.import_module(package)
-            except ImportError:
-                raise BackendMissingError(package, self.extra) from None
-
-    def supported_precisions(self) -> tuple[str, ...]:
-        """Float precisions of this converter, plus int8 where calibration/ has a recipe."""
-        from restv2_edge.calibration.recipes import has_int8_recipe
-
-        return self.precisions + (("int8",) if has_int8_recipe(self.name) else ())
+        self.descriptor.check_installed()
 
     def check_request(self, request: ExportRequest) -> None:
-        if request.precision not in self.supported_precisions():
+        """Refuse what this target cannot build. int8 is judged by its calibration recipe."""
+        if request.precision != INT8 and request.precision not in self.precisions:
             raise ExportError(
                 f"{self.name} cannot export precision {request.precision}; "
-                f"choose {', '.join(self.supported_precisions())}"
+                f"choose {', '.join(self.precisions)}"
             )
 
     def graph_form_for(self, request: ExportRequest) -> str:
@@ -118,30 +227,12 @@ class Converter(abc.ABC):
         """A runner for the artifact in ``folder``."""
 
 
-TARGETS: dict[str, str] = {
-    "onnx": "restv2_edge.converters.onnx",
-    "openvino": "restv2_edge.converters.openvino",
-    "executorch": "restv2_edge.converters.executorch",
-    "coreml": "restv2_edge.converters.coreml",
-}
-
-
-def get_converter(target: str) -> Converter:
-    """The converter for a target name (imports only that module, never its backend)."""
-    if target not in TARGETS:
-        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    return importlib.import_module(TARGETS[target]).CONVERTER
-
-
-def installed_targets() -> list[str]:
-    available = []
-    for target in TARGETS:
-        try:
-            get_converter(target).check_installed()
-        except BackendMissingError:
-            continue
-        available.append(target)
-    return available
+def __getattr__(name: str) -> Any:
+    """``TARGETS`` (target name -> module), derived from the registry for older callers;
+    new code reads ``target_names()`` / ``get_descriptor()``."""
+    if name == "TARGETS":
+        return {t: type(get_converter(t)).__module__ for t in target_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def half_precision(model: Any) -> Any:

@@ -2,16 +2,16 @@
 
 - ML program (``convert_to="mlprogram"``), minimum deployment target iOS17 unless
   ``options["deployment_target"]`` says otherwise (iOS16, iOS18, macOS14, ...).
-- fp16 compute precision by default (what GPU / Neural Engine run), fp32 on request. int8
-  (dispatched by calibration/coreml.py, ``quantization["scheme"]``): "weights" =
-  ``linear_quantize_weights`` (int8 per-channel weights, fp16 activations) or "w8a8" = torchao
-  PT2E with ExecuTorch's XNNPACKQuantizer, then ``ct.convert`` (calibration images as an
-  array in ``request.calibration``).
+- fp16 compute precision by default (what GPU / Neural Engine run), fp32 on request. int8 is
+  calibration/coreml.py's: it quantizes (PT2E W8A8 before ``convert``, or weights after it)
+  and builds the artifact with this module's public steps: ``requested_target``,
+  ``convert``, ``fold_scalar_dequantize`` and ``save``.
 - float32 tensor input ``input`` (N, 3, S, S) and output ``logits``; with ``raw_input`` the
   input is an RGB ImageType (scale 1, bias 0) and the per-channel normalization lives in the
   graph (ImageType has no per-channel std).
-- Class labels, preprocessing and precision in the model's user-defined metadata (no
-  classifier output: ImageNet names repeat, and runners need the logits).
+- Class labels, preprocessing, config and precision (from the ``ExportRequest``) in the
+  model's user-defined metadata (no classifier output: ImageNet names repeat, and runners
+  need the logits).
 - Native graph form: Core ML has native layer_norm, 4-D matmul and pixel_shuffle, and the
   decomposed form does not convert (coremltools' fuse_linear_bias pass fails on it).
 - No tensor of rank > 4 anywhere in the saved program (checked, ExportError otherwise).
@@ -42,6 +42,7 @@ from restv2_edge.converters.base import (
     ExportResult,
     Progress,
     Runner,
+    TargetDescriptor,
 )
 
 from restv2_edge.errors import ExportError, RunnerUnavailableError
@@ -53,7 +54,6 @@ DEFAULT_TARGET = "iOS17"
 MAX_RANK = 4
 RUNNER_ENV = "RESTV2_EDGE_COREML_RUNNER"
 UNITS_ENV = "RESTV2_EDGE_COREML_COMPUTE_UNITS"
-INT8_SCHEMES = ("weights", "w8a8")
 METADATA_PREFIX = "restv2_edge."
 
 
@@ -133,15 +133,6 @@ class InterpreterRunner(Runner):
 
 
 class CoreMLConverter(Converter):
-    name = "coreml"
-    extra = "coreml"
-    packages = ("coremltools",)
-    #: int8 comes through calibration/coreml.py (Converter.supported_precisions)
-    precisions = ("fp16", "fp32")
-    default_precision = "fp16"
-    graph_form = "native"
-    suffix = ".mlpackage"
-
     def check_request(self, request: ExportRequest) -> None:
         super().check_request(request)
         deployment_target(request.options.get("deployment_target", DEFAULT_TARGET))
@@ -149,95 +140,14 @@ class CoreMLConverter(Converter):
             raise ExportError(
                 "Core ML image inputs take one image: use batch size 1 with raw input"
             )
-        if request.precision == "int8":
-            scheme = int8_scheme(request)
-            if scheme == "w8a8" and request.calibration is None:
-                raise ExportError("Core ML int8 w8a8 needs calibration images")
 
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
-        import coremltools as ct
-        import torch
-
         self.check_request(request)
-        target_name, target = deployment_target(
-            request.options.get("deployment_target", DEFAULT_TARGET)
-        )
-        scheme = int8_scheme(request) if request.precision == "int8" else None
-        minimum = {"weights": "iOS16", "w8a8": "iOS17"}.get(scheme or "", "iOS15")
-        if target < ct.target.__members__[minimum]:
-            raise ExportError(
-                f"Core ML {request.precision}{f' {scheme}' if scheme else ''} needs a deployment "
-                f"target of at least {minimum}, got {target_name}"
-            )
-        graph = model
-        quantization = None
-        if scheme == "w8a8":
-            progress("quantize")
-            graph, count = _pt2e_quantize(model, example, request)
-            quantization = {
-                "scheme": "w8a8",
-                "method": "torchao PT2E + ExecuTorch XNNPACKQuantizer (symmetric, per-channel)",
-                "weights": "int8 per-channel",
-                "activations": "int8 per-tensor",
-                "calibration_images": count,
-            }
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
-                program = torch.export.export(graph, (example,)).run_decompositions({})
-        except Exception as exc:
-            raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
-        progress("convert")
-        if request.raw_input:
-            inputs = [
-                ct.ImageType(
-                    name=INPUT_NAME,
-                    shape=tuple(example.shape),
-                    color_layout=ct.colorlayout.RGB,
-                    scale=1.0,
-                    bias=[0.0, 0.0, 0.0],
-                )
-            ]
-        else:
-            inputs = [ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)]
-        precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
-        try:
-            with _quiet():
-                mlmodel = ct.convert(
-                    program,
-                    inputs=inputs,
-                    outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-                    convert_to="mlprogram",
-                    minimum_deployment_target=target,
-                    compute_precision=precision,
-                    skip_model_load=True,
-                )
-                if scheme == "weights":
-                    mlmodel, quantization = _quantize_weights(mlmodel, request)
-        except Exception as exc:
-            raise ExportError(f"coremltools conversion failed: {_first_line(exc)}") from exc
-        _describe(mlmodel, model, request, target_name)
-        path = workdir / MODEL_FILE
-        mlmodel.save(str(path))
-        progress("check")
-        info = check_program(path)
-        info.update(
-            {
-                "deployment_target": target_name,
-                "compute_precision": "fp32" if request.precision == "fp32" else "fp16",
-                "input_type": "image (RGB, 0-255)" if request.raw_input else "tensor float32",
-            }
-        )
-        return ExportResult(
-            model_file=MODEL_FILE,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-            versions=_versions(scheme),
-            info=info,
-            quantization=quantization,
-        )
+        target_name, target = requested_target(request)
+        mlmodel = convert(model, example, request, target, progress)
+        return save(mlmodel, workdir, request, target_name, progress)
 
     def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
         self.check_installed()
@@ -284,51 +194,92 @@ def deployment_target(name: str) -> tuple[str, Any]:
     return key, target
 
 
-def int8_scheme(request: ExportRequest) -> str:
-    scheme = str(request.quantization.get("scheme", "weights")).lower()
-    if scheme not in INT8_SCHEMES:
-        raise ExportError(
-            f"unknown Core ML int8 scheme {scheme!r}; choose {', '.join(INT8_SCHEMES)}"
-        )
-    return scheme
-
-
-def _quantize_weights(mlmodel: Any, request: ExportRequest) -> tuple[Any, dict[str, Any]]:
-    """int8 weights (per output channel, symmetric); activations stay fp16."""
+def requested_target(
+    request: ExportRequest, minimum: str = "iOS15", what: str = ""
+) -> tuple[str, Any]:
+    """(name, ct.target) of the request's deployment target; ExportError when it is older
+    than ``minimum`` (int8 weights need iOS16, W8A8 iOS17; ``what`` names the scheme)."""
     import coremltools as ct
 
-    threshold = int(request.quantization.get("weight_threshold", 2048))
-    config = ct.optimize.coreml.OptimizationConfig(
-        global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
-            mode="linear_symmetric",
-            dtype="int8",
-            granularity="per_channel",
-            weight_threshold=threshold,
+    name, target = deployment_target(request.options.get("deployment_target", DEFAULT_TARGET))
+    if target < ct.target.__members__[minimum]:
+        raise ExportError(
+            f"Core ML {what or request.precision} needs a deployment target of at least "
+            f"{minimum}, got {name}"
         )
+    return name, target
+
+
+def convert(
+    graph: Any, example: Any, request: ExportRequest, target: Any, progress: Progress
+) -> Any:
+    """torch.export + ``ct.convert`` of ``graph`` into an ML program (not saved yet).
+
+    ``graph`` is float, or a PT2E graph with quantize/dequantize ops (calibration/coreml.py,
+    after ``fold_scalar_dequantize``); compute precision fp32 for fp32 requests, else fp16.
+    """
+    import coremltools as ct
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            program = torch.export.export(graph, (example,)).run_decompositions({})
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
+    progress("convert")
+    if request.raw_input:
+        inputs = [
+            ct.ImageType(
+                name=INPUT_NAME,
+                shape=tuple(example.shape),
+                color_layout=ct.colorlayout.RGB,
+                scale=1.0,
+                bias=[0.0, 0.0, 0.0],
+            )
+        ]
+    else:
+        inputs = [ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)]
+    precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
+    try:
+        with quiet():
+            return ct.convert(
+                program,
+                inputs=inputs,
+                outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+                convert_to="mlprogram",
+                minimum_deployment_target=target,
+                compute_precision=precision,
+                skip_model_load=True,
+            )
+    except Exception as exc:
+        raise ExportError(f"coremltools conversion failed: {_first_line(exc)}") from exc
+
+
+def save(
+    mlmodel: Any, workdir: Path, request: ExportRequest, target_name: str, progress: Progress
+) -> ExportResult:
+    """Describe ``mlmodel`` (metadata from the request), save it into ``workdir`` and check the
+    saved program; the ExportResult of a Core ML artifact."""
+    describe(mlmodel, request, target_name)
+    path = workdir / MODEL_FILE
+    mlmodel.save(str(path))
+    progress("check")
+    info = check_program(path)
+    info.update(
+        {
+            "deployment_target": target_name,
+            "compute_precision": "fp32" if request.precision == "fp32" else "fp16",
+            "input_type": "image (RGB, 0-255)" if request.raw_input else "tensor float32",
+        }
     )
-    quantized = ct.optimize.coreml.linear_quantize_weights(mlmodel, config=config)
-    record = {
-        "scheme": "weights",
-        "method": "coremltools linear_quantize_weights (linear_symmetric, per_channel)",
-        "weights": "int8 per-channel",
-        "activations": "fp16",
-        "weight_threshold": threshold,
-    }
-    return quantized, record
-
-
-def _pt2e_quantize(model: Any, example: Any, request: ExportRequest) -> tuple[Any, int]:
-    """The model with int8 weights and activations as a PT2E graph (quantize/dequantize ops):
-    the shared PT2E recipe (calibration/pt2e.py; LayerNorms and ``keep_float`` stay float)."""
-    from restv2_edge.calibration.pt2e import quantize_pt2e
-
-    batches = [
-        np.asarray(b) for b in calibration_batches(request.calibration, tuple(example.shape))
-    ]
-    keep = list(request.quantization.get("keep_float", []))
-    converted = quantize_pt2e(model, example, batches, keep)
-    fold_scalar_dequantize(converted)
-    return converted, sum(len(b) for b in batches)
+    return ExportResult(
+        model_file=MODEL_FILE,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        versions=_versions(),
+        info=info,
+    )
 
 
 def fold_scalar_dequantize(graph_module: Any) -> int:
@@ -373,52 +324,14 @@ def _get_attr(module: Any, target: str) -> Any:
     return module
 
 
-def calibration_batches(calibration: Any, shape: tuple[int, ...]) -> list[Any]:
-    """Calibration images, as the artifact input expects them, in batches of the static shape.
-
-    Accepts an array / tensor (N, 3, S, S), an object with such an ``images`` attribute, or an
-    iterable of (3, S, S) / (n, 3, S, S) arrays.
-    """
-    import torch
-
-    images = getattr(calibration, "images", calibration)
-    if images is None:
-        raise ExportError("int8 w8a8 needs calibration images")
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        items = [np.asarray(images, np.float32)]
-    else:
-        items = [np.asarray(item, np.float32) for item in images]
-    arrays = [item[None] if item.ndim == 3 else item for item in items]
-    if not arrays:
-        raise ExportError("the calibration set is empty")
-    data = np.concatenate(arrays)
-    if data.shape[1:] != shape[1:]:
-        raise ExportError(f"calibration images have shape {data.shape[1:]}, expected {shape[1:]}")
-    batch = shape[0]
-    batches = []
-    for start in range(0, len(data), batch):
-        chunk = data[start : start + batch]
-        if len(chunk) < batch:
-            chunk = np.concatenate([chunk, data[: batch - len(chunk)]])
-        batches.append(torch.from_numpy(np.ascontiguousarray(chunk)))
-    return batches
-
-
-def _inner_model(model: Any) -> Any:
-    """The ResTV2 inside a RawInput wrapper (or the model itself)."""
-    return getattr(model, "model", model) if not hasattr(model, "config") else model
-
-
-def _describe(mlmodel: Any, model: Any, request: ExportRequest, target: str) -> None:
-    """Author, descriptions and restv2-edge metadata (labels, preprocessing, precision)."""
+def describe(mlmodel: Any, request: ExportRequest, target: str) -> None:
+    """Author, descriptions and restv2-edge metadata (labels, preprocessing, config,
+    precision), from what the request says about the model (``ExportRequest.for_model``)."""
     from restv2_edge import __version__
 
-    inner = _inner_model(model)
-    config = getattr(inner, "config", None)
-    labels = getattr(inner, "class_names", None)
-    if labels is None and config is not None:
-        labels = [str(i) for i in range(config.num_classes)]
-    pre = getattr(inner, "preprocessing", None)
+    labels = request.class_names
+    config = request.model_config
+    pre = request.preprocessing
     mlmodel.author = "restv2-edge"
     mlmodel.version = __version__
     mlmodel.short_description = (
@@ -466,23 +379,16 @@ def check_program(path: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Any:
+def quiet() -> Any:
     """coremltools draws tqdm bars on stderr; the CLI owns progress display."""
     with contextlib.redirect_stderr(io.StringIO()):
         yield
 
 
-def _versions(scheme: str | None) -> dict[str, str]:
+def _versions() -> dict[str, str]:
     import coremltools
 
-    versions = {"coremltools": coremltools.__version__}
-    if scheme == "w8a8":
-        from importlib.metadata import PackageNotFoundError, version
-
-        for package in ("executorch", "torchao"):
-            with contextlib.suppress(PackageNotFoundError):
-                versions[package] = version(package)
-    return versions
+    return {"coremltools": coremltools.__version__}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -491,3 +397,24 @@ def _first_line(exc: BaseException) -> str:
 
 
 CONVERTER = CoreMLConverter()
+DESCRIPTOR = TargetDescriptor(
+    name="coreml",
+    extra="coreml",
+    packages=("coremltools",),
+    precisions=("fp16", "fp32"),
+    default_precision="fp16",
+    # native layer_norm, 4-D matmul and pixel_shuffle; the decomposed form does not convert
+    graph_form="native",
+    suffix=".mlpackage",
+    converter=CONVERTER,
+    manifest_fields=(
+        "opset",
+        "specification_version",
+        "ops",
+        "op_types",
+        "deployment_target",
+        "compute_precision",
+        "input_type",
+    ),
+    order=40,
+)

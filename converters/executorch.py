@@ -27,6 +27,7 @@ from restv2_edge.converters.base import (
     ExportResult,
     Progress,
     Runner,
+    TargetDescriptor,
 )
 
 from restv2_edge.errors import ArtifactError, ExportError
@@ -92,14 +93,6 @@ class ExecuTorchRunner(Runner):
 
 
 class ExecuTorchConverter(Converter):
-    name = "executorch"
-    extra = "executorch"
-    packages = ("executorch",)
-    precisions = ("fp32",)
-    # Measured (docs/graph-forms.md): one XNNPACK delegate, faster than the native form.
-    graph_form = "decomposed"
-    suffix = ".pte"
-
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
@@ -297,3 +290,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 CONVERTER = ExecuTorchConverter()
+DESCRIPTOR = TargetDescriptor(
+    name="executorch",
+    extra="executorch",
+    packages=("executorch",),
+    precisions=("fp32",),
+    default_precision="fp32",
+    # Measured (docs/graph-forms.md): one XNNPACK delegate, faster than the native form.
+    graph_form="decomposed",
+    suffix=".pte",
+    converter=CONVERTER,
+    manifest_fields=("backend", "delegation"),
+    order=30,
+)

@@ -17,6 +17,7 @@ from restv2_edge.converters.base import (
     ExportResult,
     Progress,
     Runner,
+    TargetDescriptor,
     half_precision,
 )
 
@@ -48,13 +49,6 @@ class OnnxRunner(Runner):
 
 
 class OnnxConverter(Converter):
-    name = "onnx"
-    extra = "onnx"
-    packages = ("onnx", "onnxruntime", "onnxscript")
-    precisions = ("fp32", "fp16")
-    graph_form = "native"
-    suffix = ".onnx"
-
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
@@ -134,3 +128,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 CONVERTER = OnnxConverter()
+DESCRIPTOR = TargetDescriptor(
+    name="onnx",
+    extra="onnx",
+    packages=("onnx", "onnxruntime", "onnxscript"),
+    precisions=("fp32", "fp16"),
+    default_precision="fp32",
+    # onnxruntime fuses native LayerNorm and 4-D MatMul (docs/graph-forms.md)
+    graph_form="native",
+    suffix=".onnx",
+    converter=CONVERTER,
+    manifest_fields=("opset", "nodes"),
+    order=10,
+)

@@ -26,6 +26,7 @@ from restv2_edge.converters.base import (
     ExportResult,
     Progress,
     Runner,
+    TargetDescriptor,
 )
 
 from restv2_edge.errors import ArtifactError, ExportError
@@ -67,14 +68,6 @@ class OpenVinoRunner(Runner):
 
 
 class OpenVinoConverter(Converter):
-    name = "openvino"
-    extra = "openvino"
-    packages = ("openvino", "nncf")
-    precisions = ("fp32", "fp16")
-    # Measured (docs/graph-forms.md): OpenVINO fuses native LayerNorm (MVN) and 4-D MatMul.
-    graph_form = "native"
-    suffix = ".xml"
-
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
@@ -137,3 +130,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 CONVERTER = OpenVinoConverter()
+DESCRIPTOR = TargetDescriptor(
+    name="openvino",
+    extra="openvino",
+    packages=("openvino", "nncf"),
+    precisions=("fp32", "fp16"),
+    default_precision="fp32",
+    # Measured (docs/graph-forms.md): OpenVINO fuses native LayerNorm (MVN) and 4-D MatMul.
+    graph_form="native",
+    suffix=".xml",
+    converter=CONVERTER,
+    manifest_fields=("weights_file", "weights", "inference_precision", "device", "nodes"),
+    order=20,
+)

@@ -98,6 +98,7 @@ def export_artifact(
     converter = get_converter(target)
     converter.check_installed()
     converter.check_request(request)
+    request = request.for_model(model)  # what recipes and converters record about the model
     output = Path(output)
     with staged_dir(output, force) as work:
         form = converter.graph_form_for(request)
