@@ -543,8 +543,12 @@ def parity(
     if record["status"] != "passed":
         raise ParityError(f"{artifact}: parity failed")
     if not inputs.synthetic and gate_was_synthetic(manifest.parity):
-        replace_parity_record(Path(artifact), manifest, record)
-        out.print("manifest: the synthetic-image parity record is replaced by this one")
+        try:
+            replace_parity_record(Path(artifact), manifest, record)
+        except (RestV2EdgeError, OSError) as exc:
+            out.print(f"[yellow]warning:[/] the manifest keeps its synthetic record ({exc})")
+        else:
+            out.print("manifest: the synthetic-image parity record is replaced by this one")
 
 
 def gate_was_synthetic(record: dict[str, Any]) -> bool:

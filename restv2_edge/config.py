@@ -7,6 +7,9 @@ from typing import Any
 
 from restv2_edge.errors import ConfigError
 
+#: the largest input side any command accepts (a 4096x4096 input is already 200 MB of floats)
+MAX_IMAGE_SIZE = 4096
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -89,8 +92,6 @@ def variant_name(config: ModelConfig) -> str | None:
 
 def check_image_size(image_size: int) -> int:
     """Input resolutions must be static multiples of 32, at least 64."""
-    from restv2_edge.preprocess import MAX_IMAGE_SIZE
-
     if (
         isinstance(image_size, bool)
         or not isinstance(image_size, int)

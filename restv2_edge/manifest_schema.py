@@ -12,7 +12,8 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from restv2_edge.preprocess import _RESAMPLE, MAX_IMAGE_SIZE
+from restv2_edge.config import MAX_IMAGE_SIZE
+from restv2_edge.preprocess import INTERPOLATIONS
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -162,8 +163,8 @@ def _check_input(data: dict[str, Any]) -> list[str]:
             found.append("input.std must be positive")
     if not _is_number(spec["crop_pct"]) or not 0 < spec["crop_pct"] <= 1:
         found.append("input.crop_pct must be in (0, 1]")
-    if spec.get("interpolation", "bicubic") not in _RESAMPLE:
-        found.append(f"input.interpolation must be one of {', '.join(_RESAMPLE)}")
+    if spec.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        found.append(f"input.interpolation must be one of {', '.join(INTERPOLATIONS)}")
     return found
 
 

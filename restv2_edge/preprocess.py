@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from restv2_edge.config import MAX_IMAGE_SIZE
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
-#: the largest input side any command accepts (a 4096x4096 input is already 200 MB of floats)
-MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ class Preprocessing:
 
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+#: the resampling filters a Preprocessing may name
+INTERPOLATIONS = tuple(_RESAMPLE)
 
 
 def _finite_number(value: Any) -> bool:
