@@ -19,8 +19,11 @@ from restv2_edge.cli_types import (
     FiniteFloat,
     FloatTriple,
     ImageSize,
+    LazyChoice,
     OutputPath,
     ReportPath,
+    sensitivity_target_choice,
+    target_choice,
 )
 from restv2_edge.errors import RestV2EdgeError
 from restv2_edge.publish import write_report
@@ -102,6 +105,47 @@ def info(variant: str, image_size: int, num_classes: int | None, as_json: bool) 
         click.echo(json.dumps(report))
     else:
         render_report(report, console())
+
+
+def backend_present(descriptor: Any) -> bool:
+    """Whether every package a target needs is installed (found, not imported: fast)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(package) for package in descriptor.packages)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def targets(as_json: bool) -> None:
+    """The export targets: pip extra, precisions, INT8 schemes and guards, installed or not."""
+    from restv2_edge.calibration.recipes import get_recipe, has_int8_recipe
+    from restv2_edge.converters.base import get_descriptor, target_names
+
+    installed = {name for name in target_names() if backend_present(get_descriptor(name))}
+    rows = []
+    for name in target_names():
+        descriptor = get_descriptor(name)
+        recipe = get_recipe(name) if has_int8_recipe(name) else None
+        rows.append({
+            "target": name,
+            "extra": descriptor.extra,
+            "installed": name in installed,
+            "precisions": list(descriptor.precisions),
+            "default_precision": descriptor.default_precision,
+            "int8_schemes": list(recipe.schemes) if recipe else [],
+            "max_drop": bool(recipe and recipe.max_drop),
+            "sensitivity": bool(recipe and recipe.sensitivity),
+            "graph_form": descriptor.graph_form,
+            "model_file": f"model{descriptor.suffix}",
+        })  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        int8 = ", ".join(row["int8_schemes"]) or "none"
+        state = "installed" if row["installed"] else f"pip install 'restv2-edge[{row['extra']}]'"
+        click.echo(f"{row['target']:<11} {'/'.join(row['precisions'])} (default "
+                   f"{row['default_precision']}); int8: {int8}; {state}")  # fmt: skip
 
 
 @main.command()
@@ -257,9 +301,9 @@ main.add_command(bench)
               help="Rank layers by the error their INT8 quantization alone causes.")  # fmt: skip
 @click.option("--calib", type=click.Path(), default=None,
               help="--sensitivity: an existing calibration set instead of --data.")  # fmt: skip
-@click.option("--target", type=click.Choice(["onnx", "openvino", "executorch", "coreml"]),
-              default="onnx", show_default=True,
-              help="--sensitivity: whose quantizer to probe.")  # fmt: skip
+@click.option("--target", type=sensitivity_target_choice(), default=None,
+              help="--sensitivity: whose quantizer to probe (default: the first target "
+              "offering it).")  # fmt: skip
 @click.option("--variant", default=None, help="--sensitivity: T, S, B, L or a JSON config.")
 @click.option("--top", type=POSITIVE_INT, default=10, show_default=True,
               help="--sensitivity: rows shown.")  # fmt: skip
@@ -311,13 +355,13 @@ def calibrate(**o: Any) -> None:
         if not o["weights"]:
             raise click.UsageError("--sensitivity needs --weights")
         with out.status("sensitivity..."):
-            report = run_sensitivity(o["target"], parse_variant(o["variant"]), o["weights"], calib)
+            target = o["target"] or sensitivity_target_choice().choices[0]
+            report = run_sensitivity(target, parse_variant(o["variant"]), o["weights"], calib)
         if o["json_file"]:
             write_report(o["json_file"], json.dumps(report, indent=2) + "\n")
         render_sensitivity(report, o["top"], click.echo)
 
 
-TARGET_NAMES = ["onnx", "openvino", "executorch", "coreml"]
 #: export options that only an INT8 export reads
 INT8_OPTIONS = [
     "calib", "calib_data", "calib_size", "calib_method", "weights_only", "max_drop",
@@ -359,6 +403,15 @@ class StepProgress:
         self._finish(ok=exc_type is None)
 
 
+def float_precisions() -> list[str]:
+    from restv2_edge.converters.base import get_descriptor, target_names
+
+    found: list[str] = []
+    for name in target_names():
+        found += [p for p in get_descriptor(name).precisions if p not in found]
+    return found
+
+
 def build_model(variant: str | None, image_size: int | None, weights: str | None, out: Any):
     """The PyTorch model to export; random weights come with a loud warning."""
     from restv2_edge.factory import create_model
@@ -372,7 +425,7 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 
 
 @main.command()
-@click.option("--target", required=True, type=click.Choice(TARGET_NAMES))
+@click.option("--target", required=True, type=target_choice())
 @click.option(
     "--variant",
     default=None,
@@ -392,9 +445,9 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16"]),
+    type=LazyChoice(float_precisions),
     default=None,
-    help="Default: fp16 for coreml, fp32 otherwise.",
+    help="Float precision (default: the target's own; `restv2-edge targets` lists them).",
 )
 @click.option("--raw-input", is_flag=True, help="Input is raw RGB 0-255; normalization inside.")
 @click.option(

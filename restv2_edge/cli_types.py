@@ -7,6 +7,7 @@ click's own ``FloatRange`` lets NaN through (every comparison with NaN is false)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -122,3 +123,38 @@ class OutputPath(click.Path):
 
 
 POSITIVE_INT = click.IntRange(min=1)
+
+
+class LazyChoice(click.Choice):
+    """A choice whose values come from a function, called when first needed (the target
+    registry imports the converter modules: ``restv2-edge --help`` should not)."""
+
+    def __init__(self, source: Callable[[], list[str]]) -> None:
+        self._source = source
+        self._values: list[str] | None = None
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        if self._values is None:
+            self._values = list(self._source())
+        return self._values
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        """click.Choice.__init__ assigns the (empty) list; the source decides."""
+
+
+def target_choice() -> LazyChoice:
+    from restv2_edge.converters.base import target_names
+
+    return LazyChoice(target_names)
+
+
+def sensitivity_target_choice() -> LazyChoice:
+    def names() -> list[str]:
+        from restv2_edge.calibration.recipes import targets_where
+
+        return targets_where(lambda recipe: recipe.sensitivity is not None)
+
+    return LazyChoice(names)

@@ -83,10 +83,10 @@ def check_manifest(data: Any, reader_version: int) -> list[str]:
 
 
 def _check_core(data: dict[str, Any]) -> list[str]:
-    from restv2_edge.converters import base
+    from restv2_edge.converters.base import target_names
 
     found = []
-    targets = base.target_names() if hasattr(base, "target_names") else list(base.TARGETS)
+    targets = target_names()
     if data["target"] not in targets:
         found.append(f"target must be one of {', '.join(targets)} (got {data['target']!r})")
     if data["precision"] not in PRECISIONS:
