@@ -1,0 +1,123 @@
+"""What the CLI shows while it works: step spinners, training progress, the parity line.
+
+Library code reports through callbacks and records; these classes turn them into rich
+output on stderr, so stdout carries only results.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+#: the step running now, named in the one-line message of an unexpected error
+STEP: ContextVar[str] = ContextVar("restv2_edge_step", default="")
+
+
+class TrainDisplay:
+    """Rich progress for training events, plus one log line per epoch."""
+
+    def __init__(self, out: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.out = out
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=out,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> TrainDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "data":
+            skipped = event["skipped"]
+            self.out.print(
+                f"{event['images']} images, {event['classes']} classes"
+                + (f"; skipped {len(skipped)} corrupt: {', '.join(skipped[:3])}" if skipped else "")
+            )
+        elif kind == "resume":
+            self.out.print(f"resuming after epoch {event['epoch']}")
+        elif kind == "step":
+            if self.task is None or event["step"] == 1:
+                if self.task is not None:
+                    self.progress.remove_task(self.task)
+                self.task = self.progress.add_task(
+                    f"epoch {event['epoch'] + 1}", total=event["steps"], stats=""
+                )
+            stats = (
+                f"loss {event['loss']:.3f} acc {event['acc']:.3f} {event['images_per_s']:.0f} img/s"
+            )
+            self.progress.update(self.task, completed=event["step"], stats=stats)
+        elif kind == "epoch":
+            line = (
+                f"epoch {event['epoch']}: loss {event['loss']:.4f}"
+                f" train_acc {event['train_acc']:.4f} {event['seconds']:.0f}s"
+            )
+            if "val_acc" in event:
+                line += f" val_acc {event['val_acc']:.4f}"
+            self.out.print(line)
+
+
+class StepProgress:
+    """A spinner per long step, then one line with its duration."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.status = None
+        self.step = None
+        self.started = 0.0
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __call__(self, step: str) -> None:
+        import time
+
+        self._finish()
+        STEP.set(step)
+        self.step, self.started = step, time.perf_counter()
+        self.status = self.out.status(f"{step}...")
+        self.status.__enter__()
+
+    def _finish(self, ok: bool = True) -> None:
+        import time
+
+        if self.status is not None:
+            self.status.__exit__(None, None, None)
+            mark = "[green]done[/]" if ok else "[red]failed[/]"
+            self.out.print(f"  {self.step}: {mark} ({time.perf_counter() - self.started:.1f} s)")
+            self.status = None
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self._finish(ok=exc_type is None)
+
+
+def print_parity(parity: dict[str, Any], out: Any) -> None:
+    status = parity.get("status")
+    if status == "not run":
+        out.print(f"parity: [yellow]not run[/] ({parity.get('reason')})")
+        return
+    from restv2_edge.parity import SYNTHETIC_WARNING
+
+    m = parity["metrics"]
+    color = "green" if status == "passed" else "red"
+    out.print(
+        f"parity [{color}]{status}[/] via {parity['runner']} on {parity.get('data')}: "
+        f"max|dlogit| {m['max_abs_diff']:.2e}, cosine min {m['cosine_min']:.6f}, "
+        f"top-1 {m['top1_agreement']:.1%}, top-5 {m['top5_agreement']:.1%}",
+        highlight=False,
+    )
+    for failure in parity.get("failures", []):
+        out.print(f"  [red]past threshold:[/] {failure}")
+    if parity.get("synthetic"):
+        out.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}", highlight=False)
