@@ -1,0 +1,310 @@
+"""LiteRT (TFLite): litert-torch -> model.tflite, run by ai-edge-litert's Interpreter (XNNPACK).
+
+Static input shape, one signature (``serving_default``) whose input and output are named
+``input`` and ``logits``, float32 input and output at every precision, builtin ops only (no
+custom or Flex ops a phone's stock runtime would lack). fp16 stores the weights of every
+linear and convolution as float16 with a DEQUANTIZE op in front (ai-edge-quantizer's float
+casting, LiteRT's fp16 weight scheme): half the file; on a CPU the runtime dequantizes once at
+load and computes in float32, GPU delegates can run it in fp16.
+
+The native graph form measured faster in LiteRT than the decomposed one (docs/graph-forms.md).
+The export records how the XNNPACK delegate takes the graph (``export.delegation``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from restv2_edge.converters.base import (
+    Converter,
+    ExportRequest,
+    ExportResult,
+    Progress,
+    Runner,
+    TargetDescriptor,
+)
+
+from restv2_edge.errors import ArtifactError, BackendMissingError, ExportError
+
+MODEL_FILE = "model.tflite"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+SIGNATURE = "serving_default"
+#: ai-edge-quantizer recipe: float16 weights for the ops that have weights, float32 compute
+FP16_WEIGHTS_RECIPE = [
+    {
+        "regex": ".*",
+        "operation": "*",
+        "algorithm_key": "float_casting",
+        "op_config": {
+            "weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+            "compute_precision": "FLOAT",
+            "explicit_dequantize": True,
+        },
+    }
+]
+
+
+class LiteRTRunner(Runner):
+    """The .tflite in ai-edge-litert's Interpreter; its default XNNPACK delegate runs it."""
+
+    def __init__(self, path: Path, batch_size: int, threads: int | None = None) -> None:
+        from ai_edge_litert import __version__ as version
+        from ai_edge_litert.interpreter import Interpreter
+
+        super().__init__(batch_size)
+        # The Interpreter's default is one thread (num_threads=None -> 1), unlike the other
+        # runtimes' "all cores": use the cores this process may run on.
+        self.threads = threads or _usable_cores()
+        self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
+        self.interpreter.allocate_tensors()
+        signature = self.interpreter.get_signature_runner(SIGNATURE)
+        inputs, outputs = signature.get_input_details(), signature.get_output_details()
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise ArtifactError(
+                f"{path.name}: signature {SIGNATURE} has inputs {sorted(inputs)} and outputs "
+                f"{sorted(outputs)}, expected {INPUT_NAME!r} and {OUTPUT_NAME!r}"
+            )
+        self.input_index = inputs[INPUT_NAME]["index"]
+        self.output_index = outputs[OUTPUT_NAME]["index"]
+        self.description = (
+            f"ai-edge-litert {version} Interpreter (XNNPACK delegate, {self.threads} threads)"
+        )
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index).copy()
+
+
+class LiteRTConverter(Converter):
+    def export(
+        self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
+    ) -> ExportResult:
+        # litert-torch is needed only here (the descriptor checks the runtime, which is all
+        # that running an artifact needs: importing litert-torch takes seconds).
+        if importlib.util.find_spec("litert_torch") is None:
+            raise BackendMissingError("litert_torch", DESCRIPTOR.extra)
+        import litert_torch
+
+        with _quiet_progress():
+            try:
+                edge = litert_torch.convert(
+                    with_signature_names(model), sample_kwargs={INPUT_NAME: example}
+                )
+                data = bytes(edge.model_content())
+            except Exception as exc:
+                raise ExportError(f"litert-torch conversion failed: {_first_line(exc)}") from exc
+        if request.precision == "fp16":
+            progress("fp16 weights")
+            data = fp16_weights(data)
+        progress("check")
+        path = workdir / MODEL_FILE
+        path.write_bytes(data)
+        census = inspect_model(data)
+        check_model(census, list(example.shape), request.precision)
+        info = {
+            "signature": SIGNATURE,
+            "ops": sum(census["op_types"].values()),
+            "op_types": census["op_types"],
+            "weights": "float16" if request.precision == "fp16" else "float32",
+            "float16_tensors": census["tensor_types"].get("FLOAT16", 0),
+            "delegation": delegation(path),
+        }
+        return ExportResult(
+            model_file=MODEL_FILE,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            versions=_versions(request.precision),
+            info=info,
+        )
+
+    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+        self.check_installed()
+        return LiteRTRunner(folder / manifest.model_file, manifest.batch_size, threads)
+
+
+def with_signature_names(model: Any) -> Any:
+    """``model`` wrapped so the .tflite signature reads ``input`` -> ``logits``: litert-torch
+    names signature inputs after keyword arguments and outputs after dict keys."""
+    import torch
+
+    class SignatureNames(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {OUTPUT_NAME: self.inner(input)}
+
+    return SignatureNames(model).eval()
+
+
+def fp16_weights(data: bytes) -> bytes:
+    """The float .tflite with linear/conv weights stored as float16 (float32 I/O, compute)."""
+    from ai_edge_quantizer import quantizer
+
+    try:
+        edit = quantizer.Quantizer(bytearray(data))
+        edit.load_quantization_recipe(FP16_WEIGHTS_RECIPE)
+        # its model rewrite draws a progress bar on stderr whatever the flag says
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = edit.quantize(enable_progress_bar=False, enable_progress_report=False)
+    except Exception as exc:
+        raise ExportError(f"ai-edge-quantizer fp16 weights failed: {_first_line(exc)}") from exc
+    return bytes(result.quantized_model)
+
+
+def inspect_model(data: bytes) -> dict[str, Any]:
+    """Op and tensor-type counts, I/O shapes and types of the flatbuffer's one subgraph."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(data, 0)
+    if model.SubgraphsLength() != 1:
+        raise ExportError(f"LiteRT model has {model.SubgraphsLength()} subgraphs, expected 1")
+    graph = model.Subgraphs(0)
+    codes = []
+    for index in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(index)
+        # builtin codes past 127 live in BuiltinCode; older ones in the deprecated byte
+        codes.append(op_names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
+    ops = Counter(codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength()))
+    tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
+
+    def describe(index: int) -> dict[str, Any]:
+        tensor = tensors[index]
+        signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else None
+        return {
+            "shape": tensor.ShapeAsNumpy().tolist(),
+            "signature": None if signature is None else signature.tolist(),
+            "type": type_names[tensor.Type()],
+        }
+
+    return {
+        "op_types": dict(sorted(ops.items())),
+        "tensor_types": dict(sorted(Counter(type_names[t.Type()] for t in tensors).items())),
+        "inputs": [describe(int(i)) for i in graph.InputsAsNumpy()],
+        "outputs": [describe(int(i)) for i in graph.OutputsAsNumpy()],
+    }
+
+
+def check_model(census: dict[str, Any], input_shape: list[int], precision: str) -> None:
+    """One static float32 input of ``input_shape``, one float32 output, builtin ops only, and
+    float16 weights exactly when fp16 was asked for."""
+    inputs, outputs = census["inputs"], census["outputs"]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ExportError(f"LiteRT model has {len(inputs)} inputs and {len(outputs)} outputs")
+    for kind, value in (("input", inputs[0]), ("output", outputs[0])):
+        if value["type"] != "FLOAT32":
+            raise ExportError(f"LiteRT {kind} is {value['type']}, expected FLOAT32")
+        if value["signature"] is not None and any(d < 0 for d in value["signature"]):
+            raise ExportError(f"LiteRT {kind} has a dynamic shape {value['signature']}")
+    if inputs[0]["shape"] != input_shape:
+        raise ExportError(f"LiteRT input shape {inputs[0]['shape']}, expected {input_shape}")
+    custom = sorted(op for op in census["op_types"] if op in {"CUSTOM", "DELEGATE"})
+    if custom:
+        raise ExportError(f"LiteRT model needs non-builtin ops: {', '.join(custom)}")
+    halves = census["tensor_types"].get("FLOAT16", 0)
+    if (precision == "fp16") != (halves > 0):
+        raise ExportError(f"LiteRT {precision} model has {halves} float16 tensors")
+
+
+def delegation(path: Path) -> dict[str, Any]:
+    """How the default XNNPACK delegate partitions the model, from the interpreter's nodes.
+
+    After delegation the node list holds the original ops and one DELEGATE node per
+    partition. An op ran outside every partition when none of its outputs is a partition's
+    output and each of them feeds a partition, the graph's output or another such op.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    nodes = interpreter._get_ops_details()  # the only view of delegation the bindings give
+    partitions = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    ops = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    partition_outputs = {int(t) for n in partitions for t in n["outputs"]}
+    visible = {int(t) for n in partitions for t in n["inputs"]}
+    visible |= {d["index"] for d in interpreter.get_output_details()}
+    candidates = [n for n in ops if not partition_outputs & {int(t) for t in n["outputs"]}]
+    outside: dict[int, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for node in candidates:
+            if node["index"] in outside or not {int(t) for t in node["outputs"]} <= visible:
+                continue
+            outside[node["index"]] = node["op_name"]
+            visible |= {int(t) for t in node["inputs"]}
+            changed = True
+    outside_ops = Counter(outside.values())
+    return {
+        "delegate": "XNNPACK (default)",
+        "partitions": len(partitions),
+        "total_ops": len(ops),
+        "delegated_ops": len(ops) - len(outside),
+        "not_delegated": dict(sorted(outside_ops.items())),
+    }
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """litert-torch draws its own progress display; the CLI owns the terminal."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    before = os.environ.get(key)
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _versions(precision: str) -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ["litert-torch", "ai-edge-litert"] + (
+        ["ai-edge-quantizer"] if precision == "fp16" else []
+    )
+    return {name.replace("-", "_"): version(name) for name in names}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+CONVERTER = LiteRTConverter()
+DESCRIPTOR = TargetDescriptor(
+    name="litert",
+    extra="litert",
+    # the runtime only: running an artifact needs no converter (export checks litert_torch)
+    packages=("ai_edge_litert",),
+    precisions=("fp32", "fp16"),
+    default_precision="fp32",
+    # Measured (docs/graph-forms.md): native 0.95-0.96 of decomposed's latency in LiteRT.
+    graph_form="native",
+    suffix=".tflite",
+    converter=CONVERTER,
+    manifest_fields=("signature", "ops", "op_types", "weights", "float16_tensors", "delegation"),
+    order=50,
+)
