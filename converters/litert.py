@@ -301,7 +301,7 @@ DESCRIPTOR = TargetDescriptor(
     packages=("ai_edge_litert",),
     precisions=("fp32", "fp16"),
     default_precision="fp32",
-    # Measured (docs/graph-forms.md): native 0.95-0.96 of decomposed's latency in LiteRT.
+    # Measured (docs/graph-forms.md): native 0.94-0.96 of decomposed's latency in LiteRT.
     graph_form="native",
     suffix=".tflite",
     converter=CONVERTER,
