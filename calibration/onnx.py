@@ -357,4 +357,5 @@ RECIPE = Int8Recipe(
     export=export_int8,
     max_drop=export_int8_within_drop,
     sensitivity=rank_sensitivity,
+    options=("calib_method",),
 )

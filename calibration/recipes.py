@@ -52,6 +52,9 @@ class Int8Recipe:
     max_drop: Recipe | None = None
     #: the ``calibrate --sensitivity`` ranking (None: not offered)
     sensitivity: Ranker | None = None
+    #: recipe-specific export options it reads (CLI option names, e.g. ``calib_method``):
+    #: the CLI refuses one of them for a target whose recipe does not list it
+    options: tuple[str, ...] = ()
 
 
 @lru_cache(maxsize=1)

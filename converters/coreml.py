@@ -417,4 +417,5 @@ DESCRIPTOR = TargetDescriptor(
         "input_type",
     ),
     order=40,
+    options=("deployment_target",),
 )

@@ -42,6 +42,9 @@ class TargetDescriptor:
     manifest_fields: tuple[str, ...]
     #: position in listings (CLI choices, docs tables): lower first, then by name
     order: int = 100
+    #: target-specific export options it reads (``ExportRequest.options`` keys, which are
+    #: CLI option names, e.g. ``deployment_target``): the CLI refuses them elsewhere
+    options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.default_precision not in self.precisions:

@@ -306,11 +306,28 @@ def calibrate(**o: Any) -> None:
         render_sensitivity(report, o["top"], click.echo)
 
 
+#: export options that only some targets read (their descriptor or INT8 recipe lists them)
+TARGET_OPTIONS = ["deployment_target", "calib_method", "weights_only"]
 #: export options that only an INT8 export reads
 INT8_OPTIONS = [
     "calib", "calib_data", "calib_size", "calib_method", "weights_only", "max_drop",
     "accuracy_data",
 ]  # fmt: skip
+
+
+def option_readers(target: str) -> set[str]:
+    """The target-specific export options ``target`` reads: its descriptor's, its INT8
+    recipe's, and ``weights_only`` where the recipe offers the weight-only scheme."""
+    from restv2_edge.calibration.recipes import WEIGHTS_ONLY, get_recipe, has_int8_recipe
+    from restv2_edge.converters.base import get_descriptor
+
+    readers = set(get_descriptor(target).options)
+    if has_int8_recipe(target):
+        recipe = get_recipe(target)
+        readers |= set(recipe.options)
+        if WEIGHTS_ONLY in recipe.schemes:
+            readers.add("weights_only")
+    return readers
 
 
 def float_precisions() -> list[str]:
@@ -361,7 +378,10 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 )
 @click.option("--raw-input", is_flag=True, help="Input is raw RGB 0-255; normalization inside.")
 @click.option(
-    "--deployment-target", default=None, help="Core ML minimum deployment target (default iOS17)."
+    "--deployment-target",
+    default=None,
+    help="Minimum OS the artifact must load on, for targets that read it (Core ML: iOS17 "
+    "unless given).",
 )
 @click.option("--output", type=OutputPath(), default=None, help="Artifact folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -377,16 +397,23 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
               help="--int8: build the calibration set from this image folder or tar.")  # fmt: skip
 @click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              default="percentile", show_default=True, help="--int8: onnx ranges.")  # fmt: skip
+              default=None, help="--int8: how activation ranges are chosen, for recipes "
+              "that offer a choice (default: percentile).")  # fmt: skip
 @click.option("--weights-only", is_flag=True,
-              help="--int8 coreml: int8 weights, float activations (no calibration).")  # fmt: skip
+              help="--int8: int8 weights, float activations (no calibration), for recipes "
+              "that offer it (`restv2-edge targets`).")  # fmt: skip
 @click.option("--max-drop", type=FiniteFloat(0, 100), default=None,
               help="--int8: keep layers float until the top-1 drop is <= P points.")  # fmt: skip
 @click.option("--accuracy-data", type=click.Path(), default=None,
               help="--max-drop: held-back labelled data (default: CIFAR-10 test).")  # fmt: skip
 def export(**o: Any) -> None:
     """Export to a deployment format, verify it in its runtime, write manifest.json."""
-    from restv2_edge.converters.base import ExportRequest, get_converter
+    from restv2_edge.converters.base import (
+        ExportRequest,
+        get_converter,
+        get_descriptor,
+        target_names,
+    )
     from restv2_edge.export import export_artifact
 
     out = console()
@@ -400,12 +427,18 @@ def export(**o: Any) -> None:
         from restv2_edge.publish import check_output
 
         check_output(o["output"], o["force"])
+    readers = option_readers(o["target"])
+    for name in TARGET_OPTIONS:
+        if given(name) and name not in readers:
+            offering = [t for t in target_names() if name in option_readers(t)]
+            raise click.UsageError(
+                f"--{name.replace('_', '-')} does nothing for {o['target']} "
+                f"(read by {', '.join(offering) or 'no target'})"
+            )
     converter = get_converter(o["target"])
     converter.check_installed()
     precision = "int8" if o["int8"] else o["precision"] or converter.default_precision
-    options = {}
-    if o["deployment_target"]:
-        options["deployment_target"] = o["deployment_target"]
+    options = {name: o[name] for name in get_descriptor(o["target"]).options if given(name)}
     request = ExportRequest(precision=precision, raw_input=o["raw_input"], options=options)
     converter.check_request(request)
     if o["int8"]:
