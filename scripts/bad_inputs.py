@@ -64,7 +64,8 @@ def main() -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
         made = cli("train", "--data", labelled, "--variant", json.dumps(TINY), "--image-size", 64,
-                   "--crop-pct", 1.0, "--epochs", 1, "--output", ckpt, cwd=work)  # fmt: skip
+                   "--crop-pct", 1.0, "--epochs", 1, "--batch-size", 8, "--output", ckpt,
+                   cwd=work)  # fmt: skip
         if made.returncode != 0:
             print(made.stderr, file=sys.stderr)
             return 1
