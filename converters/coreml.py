@@ -145,6 +145,11 @@ class CoreMLConverter(Converter):
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
         self.check_request(request)
+        if request.precision not in self.precisions:  # int8 is built by its recipe
+            raise ExportError(
+                f"the {self.name} converter exports {', '.join(self.precisions)}; "
+                f"int8 comes from its calibration recipe (export --int8)"
+            )
         target_name, target = requested_target(request)
         mlmodel = convert(model, example, request, target, progress)
         return save(mlmodel, workdir, request, target_name, progress)
