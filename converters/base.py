@@ -227,14 +227,6 @@ class Converter(abc.ABC):
         """A runner for the artifact in ``folder``."""
 
 
-def __getattr__(name: str) -> Any:
-    """``TARGETS`` (target name -> module), derived from the registry for older callers;
-    new code reads ``target_names()`` / ``get_descriptor()``."""
-    if name == "TARGETS":
-        return {t: type(get_converter(t)).__module__ for t in target_names()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def half_precision(model: Any) -> Any:
     """The model in float16 between a float32 input cast and a float32 output cast."""
     import copy

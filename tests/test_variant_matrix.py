@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from conftest import official_checkpoint, run_cli
-from restv2_edge.converters.base import TARGETS, get_converter
+from restv2_edge.converters.base import get_converter, target_names
 
 from restv2_edge.manifest import Manifest
 
 CASES = [
     (variant, target, precision)
     for variant in ("S", "B", "L")
-    for target in TARGETS
+    for target in target_names()
     for precision in get_converter(target).precisions
 ]
 
