@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from restv2_edge.calibration.dataset import calibration_batches, quantization_record
-from restv2_edge.calibration.pt2e import quantize_pt2e, regroup
+from restv2_edge.calibration.pt2e import quantize_pt2e, regroup, require_shared_shape_qparams
+
+from restv2_edge.errors import ExportError
 
 
 def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress: Any) -> Any:
@@ -20,10 +22,12 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
     from restv2_edge.converters.executorch import (
         BACKEND,
         INPUT_NAME,
+        LOAD_CHECK,
         MODEL_FILE,
         OUTPUT_NAME,
         _version,
         check_delegation,
+        load_forward,
         lower,
     )
 
@@ -31,9 +35,14 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
     progress("calibrate")
     keep = list(request.quantization.get("keep_float", []))
     quantized = quantize_pt2e(model, example, batches, keep)
+    require_shared_shape_qparams([quantized.graph], "executorch int8: the quantized graph")
     progress("lower")
     program, summary = lower(quantized, example)
     check_delegation(summary)
+    require_shared_shape_qparams(
+        delegate_graphs(program.exported_program()), "executorch int8: the XNNPACK delegate"
+    )
+    load_forward(program.buffer, ExportError, LOAD_CHECK)
     (workdir / MODEL_FILE).write_bytes(program.buffer)
     return ExportResult(
         model_file=MODEL_FILE,
@@ -49,6 +58,17 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
             weights="int8 symmetric per-channel",
         ),
     )
+
+
+def delegate_graphs(program: Any) -> list[Any]:
+    """The graph of every XNNPACK delegate of a lowered ExportedProgram: what XNNPACK builds
+    its int8 operators from (quantize/dequantize nodes around each op)."""
+    module = program.graph_module
+    return [
+        getattr(module, node.args[0].target).original_module.graph_module.graph
+        for node in module.graph.nodes
+        if node.op == "call_function" and "executorch_call_delegate" in str(node.target)
+    ]
 
 
 # The recipe's declaration (calibration/recipes.py discovers it).

@@ -16,7 +16,11 @@ fp16 is not offered: see docs/graph-forms.md.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ MODEL_FILE = "model.pte"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BACKEND = "XnnpackBackend"
+#: how an export names its load of the lowered program (before model.pte is written)
+LOAD_CHECK = "executorch export: the lowered program does not load"
 #: ops that must never run outside the delegate (edge op names without the overload)
 HEAVY_OPS = frozenset(
     {
@@ -68,28 +74,86 @@ class ExecuTorchRunner(Runner):
 
     def __init__(self, path: Path, batch_size: int, threads: int | None = None) -> None:
         import executorch
-        from executorch.runtime import Runtime
 
         super().__init__(batch_size)
         if threads:
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(int(threads))
-        runtime = Runtime.get()
-        if not runtime.backend_registry.is_available(BACKEND):
-            raise ArtifactError(f"this executorch build has no {BACKEND}")
-        self.program = runtime.load_program(path)
-        self.method = self.program.load_method("forward")
-        if self.method is None:
-            raise ArtifactError(f"{path}: no forward method")
+        self.program, self.method = load_forward(path)
         version = getattr(executorch, "__version__", None) or _version()
         self.description = f"ExecuTorch {version} (XNNPACK delegate, executorch.runtime)"
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(x))])
+        try:
+            outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(x))])
+        except RuntimeError as exc:
+            raise ArtifactError(f"ExecuTorch forward failed: {_first_line(exc)}") from exc
         return outputs[0].numpy()
+
+
+def load_forward(
+    program: Path | bytes, error: type[Exception] = ArtifactError, where: str | None = None
+) -> tuple[Any, Any]:
+    """(program, its forward method) loaded by executorch.runtime.
+
+    A failure raises ``error`` as one line naming ``where`` (default: the file), the step,
+    the exception and the reason the runtime logged: XNNPACK says why it refuses a program
+    only in the log ("Failed to create squeeze node ... xnn_status_invalid_parameter"), the
+    exception just says "Failed to load method forward".
+    """
+    from executorch.runtime import Runtime
+
+    label = where or (str(program) if isinstance(program, Path) else "program")
+    runtime = Runtime.get()
+    if not runtime.backend_registry.is_available(BACKEND):
+        raise error(f"{label}: this executorch build has no {BACKEND}")
+    step = "load_program"
+    try:
+        with runtime_log() as log:
+            loaded = runtime.load_program(program)
+            step = "load_method forward"
+            method = loaded.load_method("forward")
+    except Exception as exc:
+        reason = logged_failure(log)
+        raise error(
+            f"{label}: ExecuTorch {step} failed: {type(exc).__name__}: {_first_line(exc)}"
+            + (f" (runtime log: {reason})" if reason else "")
+        ) from exc
+    if method is None:
+        raise error(f"{label}: no forward method")
+    return loaded, method
+
+
+@contextlib.contextmanager
+def runtime_log() -> Iterator[list[str]]:
+    """Collects the runtime's log lines written inside the block into the yielded list.
+
+    The executorch bindings write their log (XNNPACK's reasons included) to ``sys.stderr``;
+    after a block that succeeded it is written on there unchanged.
+    """
+    lines: list[str] = []
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        try:
+            yield lines
+        finally:
+            lines.extend(buffer.getvalue().splitlines())
+    sys.stderr.write(buffer.getvalue())
+
+
+def logged_failure(lines: list[str]) -> str:
+    """The first failure the runtime logged, without its source location: "Failed to create
+    squeeze node 6 with code: xnn_status_invalid_parameter" ("" if none)."""
+    for line in lines:
+        location, _, text = line.strip().partition("] ")
+        if not location.startswith("[") or "cpuinfo" in location:  # cpuinfo: probing noise
+            continue
+        if "fail" in text.lower():
+            return text
+    return ""
 
 
 class ExecuTorchConverter(Converter):
@@ -99,6 +163,7 @@ class ExecuTorchConverter(Converter):
         program, summary = lower(model, example)
         progress("lower")
         check_delegation(summary)
+        load_forward(program.buffer, ExportError, LOAD_CHECK)
         (workdir / MODEL_FILE).write_bytes(program.buffer)
         return ExportResult(
             model_file=MODEL_FILE,
