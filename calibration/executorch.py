@@ -7,11 +7,14 @@ lowering (``converters.executorch.lower``) and delegation check are reused.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from restv2_edge.calibration.dataset import calibration_batches, quantization_record
 from restv2_edge.calibration.pt2e import quantize_pt2e, regroup, require_shared_shape_qparams
+from restv2_edge.calibration.pt2e_guard import export_within_drop, rank_simulated
+from restv2_edge.calibration.recipes import Int8Recipe
 
 from restv2_edge.errors import ExportError
 
@@ -25,15 +28,15 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
         LOAD_CHECK,
         MODEL_FILE,
         OUTPUT_NAME,
-        _version,
         check_delegation,
+        executorch_version,
         load_forward,
         lower,
     )
 
     batches = regroup(calibration_batches(model, request), request.batch_size)
     progress("calibrate")
-    keep = list(request.quantization.get("keep_float", []))
+    keep = list(request.quantization.keep_float)
     quantized = quantize_pt2e(model, example, batches, keep)
     require_shared_shape_qparams([quantized.graph], "executorch int8: the quantized graph")
     progress("lower")
@@ -48,7 +51,7 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
         model_file=MODEL_FILE,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
-        versions={"executorch": _version()},
+        versions={"executorch": executorch_version()},
         info={"backend": BACKEND, "delegation": summary},
         quantization=quantization_record(
             request,
@@ -72,11 +75,6 @@ def delegate_graphs(program: Any) -> list[Any]:
 
 
 # The recipe's declaration (calibration/recipes.py discovers it).
-from functools import partial  # noqa: E402
-
-from restv2_edge.calibration.pt2e_guard import export_within_drop, rank_simulated  # noqa: E402
-from restv2_edge.calibration.recipes import Int8Recipe  # noqa: E402
-
 RECIPE = Int8Recipe(
     target="executorch",
     export=export_int8,

@@ -81,7 +81,7 @@ class ExecuTorchRunner(Runner):
 
             portable_lib._unsafe_reset_threadpool(int(threads))
         self.program, self.method = load_forward(path)
-        version = getattr(executorch, "__version__", None) or _version()
+        version = getattr(executorch, "__version__", None) or executorch_version()
         self.description = f"ExecuTorch {version} (XNNPACK delegate, executorch.runtime)"
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
@@ -169,7 +169,7 @@ class ExecuTorchConverter(Converter):
             model_file=MODEL_FILE,
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAME,
-            versions={"executorch": _version()},
+            versions={"executorch": executorch_version()},
             info={"backend": BACKEND, "delegation": summary},
         )
 
@@ -340,7 +340,7 @@ def check_delegation(summary: dict[str, Any]) -> None:
         raise ExportError("executorch: nothing was delegated to XNNPACK")
 
 
-def _version() -> str:
+def executorch_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
