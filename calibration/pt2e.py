@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from restv2_edge.errors import ExportError
+from restv2_edge.errors import ExportError, first_line
 
 
 def quantize_pt2e(
@@ -35,7 +35,7 @@ def quantize_pt2e(
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"PT2E quantization failed: {_first_line(exc)}") from exc
+        raise ExportError(f"PT2E quantization failed: {first_line(exc)}") from exc
 
 
 def calibrate_pt2e(
@@ -313,8 +313,3 @@ def regroup(batches: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
     if not groups:
         raise ExportError(f"calibration set has fewer images than the batch size {batch_size}")
     return groups
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

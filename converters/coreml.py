@@ -45,7 +45,7 @@ from restv2_edge.converters.base import (
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ExportError, RunnerUnavailableError
+from restv2_edge.errors import ExportError, RunnerUnavailableError, first_line
 
 MODEL_FILE = "model.mlpackage"
 INPUT_NAME = "input"
@@ -231,7 +231,7 @@ def convert(
             warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
             program = torch.export.export(graph, (example,)).run_decompositions({})
     except Exception as exc:
-        raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
+        raise ExportError(f"torch.export failed: {first_line(exc)}") from exc
     progress("convert")
     if request.raw_input:
         inputs = [
@@ -258,7 +258,7 @@ def convert(
                 skip_model_load=True,
             )
     except Exception as exc:
-        raise ExportError(f"coremltools conversion failed: {_first_line(exc)}") from exc
+        raise ExportError(f"coremltools conversion failed: {first_line(exc)}") from exc
 
 
 def save(
@@ -394,11 +394,6 @@ def _versions() -> dict[str, str]:
     import coremltools
 
     return {"coremltools": coremltools.__version__}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 CONVERTER = CoreMLConverter()

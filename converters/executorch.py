@@ -34,7 +34,7 @@ from restv2_edge.converters.base import (
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ArtifactError, ExportError
+from restv2_edge.errors import ArtifactError, ExportError, first_line
 
 MODEL_FILE = "model.pte"
 INPUT_NAME = "input"
@@ -90,7 +90,7 @@ class ExecuTorchRunner(Runner):
         try:
             outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(x))])
         except RuntimeError as exc:
-            raise ArtifactError(f"ExecuTorch forward failed: {_first_line(exc)}") from exc
+            raise ArtifactError(f"ExecuTorch forward failed: {first_line(exc)}") from exc
         return outputs[0].numpy()
 
 
@@ -119,7 +119,7 @@ def load_forward(
     except Exception as exc:
         reason = logged_failure(log)
         raise error(
-            f"{label}: ExecuTorch {step} failed: {type(exc).__name__}: {_first_line(exc)}"
+            f"{label}: ExecuTorch {step} failed: {type(exc).__name__}: {first_line(exc)}"
             + (f" (runtime log: {reason})" if reason else "")
         ) from exc
     if method is None:
@@ -197,7 +197,7 @@ def lower(model: Any, example: Any) -> tuple[Any, dict[str, Any]]:
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"executorch lowering failed: {_first_line(exc)}") from exc
+        raise ExportError(f"executorch lowering failed: {first_line(exc)}") from exc
     return program, summary
 
 
@@ -347,11 +347,6 @@ def executorch_version() -> str:
         return version("executorch")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 CONVERTER = ExecuTorchConverter()

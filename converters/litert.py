@@ -32,7 +32,7 @@ from restv2_edge.converters.base import (
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ArtifactError, BackendMissingError, ExportError
+from restv2_edge.errors import ArtifactError, BackendMissingError, ExportError, first_line
 
 MODEL_FILE = "model.tflite"
 INPUT_NAME = "input"
@@ -102,7 +102,7 @@ class LiteRTConverter(Converter):
                 )
                 data = bytes(edge.model_content())
             except Exception as exc:
-                raise ExportError(f"litert-torch conversion failed: {_first_line(exc)}") from exc
+                raise ExportError(f"litert-torch conversion failed: {first_line(exc)}") from exc
         if request.precision == "fp16":
             progress("fp16 weights")
             data = fp16_weights(data)
@@ -159,7 +159,7 @@ def fp16_weights(data: bytes) -> bytes:
         with contextlib.redirect_stderr(io.StringIO()):
             result = edit.quantize(enable_progress_bar=False, enable_progress_report=False)
     except Exception as exc:
-        raise ExportError(f"ai-edge-quantizer fp16 weights failed: {_first_line(exc)}") from exc
+        raise ExportError(f"ai-edge-quantizer fp16 weights failed: {first_line(exc)}") from exc
     return bytes(result.quantized_model)
 
 
@@ -286,11 +286,6 @@ def _versions(precision: str) -> dict[str, str]:
         ["ai-edge-quantizer"] if precision == "fp16" else []
     )
     return {name.replace("-", "_"): version(name) for name in names}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 CONVERTER = LiteRTConverter()

@@ -21,7 +21,7 @@ from restv2_edge.converters.base import (
     half_precision,
 )
 
-from restv2_edge.errors import ExportError
+from restv2_edge.errors import ExportError, first_line
 
 # 20, not 18: from opset 20 GELU is one ONNX op; at 18 it is exported as Div/Erf/Add/Mul/Mul,
 # which onnxruntime 1.32 does not fuse back (docs/graph-forms.md).
@@ -70,7 +70,7 @@ class OnnxConverter(Converter):
                 verbose=False,
             )
         except Exception as exc:
-            raise ExportError(f"torch.onnx export failed: {_first_line(exc)}") from exc
+            raise ExportError(f"torch.onnx export failed: {first_line(exc)}") from exc
         progress("convert")
         proto = program.model_proto
         proto.producer_name = "restv2-edge"
@@ -120,11 +120,6 @@ def _versions() -> dict[str, str]:
         "onnxscript": onnxscript.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 CONVERTER = OnnxConverter()

@@ -29,7 +29,7 @@ from restv2_edge.converters.base import (
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ArtifactError, ExportError
+from restv2_edge.errors import ArtifactError, ExportError, first_line
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
@@ -79,7 +79,7 @@ class OpenVinoConverter(Converter):
             with torch.no_grad():
                 converted = ov.convert_model(model, example_input=example, input=[shape])
         except Exception as exc:
-            raise ExportError(f"openvino convert_model failed: {_first_line(exc)}") from exc
+            raise ExportError(f"openvino convert_model failed: {first_line(exc)}") from exc
         progress("convert")
         if len(converted.inputs) != 1 or len(converted.outputs) != 1:
             raise ExportError("openvino model must have exactly one input and one output")
@@ -122,11 +122,6 @@ def canonical_names(model: Any) -> None:
     for index, op in enumerate(model.get_ordered_ops()):
         if _AUTO_NAME.match(op.get_friendly_name()):
             op.set_friendly_name(f"{op.get_type_name()}_{index}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 CONVERTER = OpenVinoConverter()

@@ -1,6 +1,13 @@
 """One exception type per failure family; the CLI turns each into a one-line message."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line (or its type name): backends' messages are often
+    pages long, a user's error line is one."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 class RestV2EdgeError(Exception):
     """Base class for every error restv2-edge raises on purpose."""
 

@@ -19,7 +19,13 @@ import torch
 from restv2_edge import __version__
 from restv2_edge.config import variant_name
 from restv2_edge.converters.base import ExportRequest, get_converter
-from restv2_edge.errors import ExportError, ParityError, RestV2EdgeError, RunnerUnavailableError
+from restv2_edge.errors import (
+    ExportError,
+    ParityError,
+    RestV2EdgeError,
+    RunnerUnavailableError,
+    first_line,
+)
 from restv2_edge.factory import with_form
 from restv2_edge.manifest import Manifest, verify_files
 from restv2_edge.model import RawInput, ResTV2, fold_attention_scale
@@ -156,8 +162,7 @@ def backend_errors(step: str) -> Iterator[None]:
     except (RestV2EdgeError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ExportError(f"{step} failed: {type(exc).__name__}: {first[:300]}") from exc
+        raise ExportError(f"{step} failed: {type(exc).__name__}: {first_line(exc)[:300]}") from exc
 
 
 def _example_input(model: ResTV2, request: ExportRequest) -> torch.Tensor:
