@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from restv2_edge.cli_display import STEP, StepProgress, TrainDisplay, print_parity
+from restv2_edge.cli_targets import float_precisions, option_readers, targets
 from restv2_edge.cli_types import (
     POSITIVE_INT,
     FiniteFloat,
@@ -106,47 +107,6 @@ def info(variant: str, image_size: int, num_classes: int | None, as_json: bool) 
         render_report(report, console())
 
 
-def backend_present(descriptor: Any) -> bool:
-    """Whether every package a target needs is installed (found, not imported: fast)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(package) for package in descriptor.packages)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def targets(as_json: bool) -> None:
-    """The export targets: pip extra, precisions, INT8 schemes and guards, installed or not."""
-    from restv2_edge.calibration.recipes import get_recipe, has_int8_recipe
-    from restv2_edge.converters.base import get_descriptor, target_names
-
-    installed = {name for name in target_names() if backend_present(get_descriptor(name))}
-    rows = []
-    for name in target_names():
-        descriptor = get_descriptor(name)
-        recipe = get_recipe(name) if has_int8_recipe(name) else None
-        rows.append({
-            "target": name,
-            "extra": descriptor.extra,
-            "installed": name in installed,
-            "precisions": list(descriptor.precisions),
-            "default_precision": descriptor.default_precision,
-            "int8_schemes": list(recipe.schemes) if recipe else [],
-            "max_drop": bool(recipe and recipe.max_drop),
-            "sensitivity": bool(recipe and recipe.sensitivity),
-            "graph_form": descriptor.graph_form,
-            "model_file": f"model{descriptor.suffix}",
-        })  # fmt: skip
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        int8 = ", ".join(row["int8_schemes"]) or "none"
-        state = "installed" if row["installed"] else f"pip install 'restv2-edge[{row['extra']}]'"
-        click.echo(f"{row['target']:<11} {'/'.join(row['precisions'])} (default "
-                   f"{row['default_precision']}); int8: {int8}; {state}")  # fmt: skip
-
-
 @main.command()
 @click.option("--data", required=True, type=click.Path(), help="ImageFolder directory or tar.")
 @click.option("--split", default=None, help="Split folder inside --data (e.g. train).")
@@ -222,6 +182,7 @@ def golden(artifact: str, output: str, images: int, data: str | None, force: boo
 from restv2_edge.bench.cli import bench  # noqa: E402  (the bench commands live in their package)
 
 main.add_command(bench)
+main.add_command(targets)
 
 
 @main.command()
@@ -313,30 +274,6 @@ INT8_OPTIONS = [
     "calib", "calib_data", "calib_size", "calib_method", "weights_only", "max_drop",
     "accuracy_data",
 ]  # fmt: skip
-
-
-def option_readers(target: str) -> set[str]:
-    """The target-specific export options ``target`` reads: its descriptor's, its INT8
-    recipe's, and ``weights_only`` where the recipe offers the weight-only scheme."""
-    from restv2_edge.calibration.recipes import WEIGHTS_ONLY, get_recipe, has_int8_recipe
-    from restv2_edge.converters.base import get_descriptor
-
-    readers = set(get_descriptor(target).options)
-    if has_int8_recipe(target):
-        recipe = get_recipe(target)
-        readers |= set(recipe.options)
-        if WEIGHTS_ONLY in recipe.schemes:
-            readers.add("weights_only")
-    return readers
-
-
-def float_precisions() -> list[str]:
-    from restv2_edge.converters.base import get_descriptor, target_names
-
-    found: list[str] = []
-    for name in target_names():
-        found += [p for p in get_descriptor(name).precisions if p not in found]
-    return found
 
 
 def build_model(variant: str | None, image_size: int | None, weights: str | None, out: Any):
