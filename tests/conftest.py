@@ -6,11 +6,13 @@ missing data is a failure.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +123,86 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment.lower() in errors[0].lower(), errors[0]
+
+
+# -- shared helpers for per-target and contract tests ------------------------------------------
+
+
+def oracle_model(checkpoint: Path, variant: str = "custom", **config) -> torch.nn.Module:
+    """The official-structure reference model (tests/reference_restv2.py) carrying the
+    checkpoint's weights: ``variant`` "custom" with TINY_CONFIG-style ``config``, or "T"..."""
+    from restv2_edge.checkpoint import read_checkpoint
+
+    model = reference_model(variant, **config)
+    model.load_state_dict(read_checkpoint(checkpoint).state_dict)
+    return model.eval()
+
+
+def oracle_logits(model: torch.nn.Module, images) -> np.ndarray:
+    """The reference model's float32 logits for a float32 NCHW batch (numpy in, numpy out)."""
+    with torch.no_grad():
+        return model(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+
+
+def sha256_path(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` but manifest.json -> its sha256, hashed here (not by the
+    product's manifest code)."""
+    folder = Path(folder)
+    return {
+        path.relative_to(folder).as_posix(): sha256_path(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).as_posix() != "manifest.json"
+    }
+
+
+def export_tiny(
+    checkpoint: Path,
+    target: str,
+    precision: str,
+    out: Path,
+    photo_dir: Path | None,
+    parity_limit: int = 8,
+    **request,
+):
+    """Export the tiny checkpoint in-process to ``target`` at ``precision``; (folder, manifest).
+
+    A target whose backend is not installed skips (fails under CI=true)."""
+    from restv2_edge.converters.base import ExportRequest
+
+    from restv2_edge.errors import BackendMissingError
+    from restv2_edge.export import export_artifact
+
+    model = create_model(weights=checkpoint)
+    try:
+        return export_artifact(
+            model,
+            target,
+            out,
+            ExportRequest(precision=precision, **request),
+            parity_data=photo_dir,
+            parity_limit=parity_limit,
+        )
+    except BackendMissingError as exc:
+        _missing(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint: Path, photo_dir: Path, tmp_path_factory):
+    """``tiny_artifact(target, precision)`` -> (folder, manifest): the tiny checkpoint exported
+    once per session per target and float precision (parity on 8 photos of ``photo_dir``).
+    Callers must not modify the folder (copy it first)."""
+    cache: dict[tuple[str, str], tuple[Path, object]] = {}
+    root = tmp_path_factory.mktemp("tiny-artifacts")
+
+    def get(target: str, precision: str):
+        key = (target, precision)
+        if key not in cache:
+            out = root / f"tiny-{target}-{precision}"
+            cache[key] = export_tiny(tiny_checkpoint, target, precision, out, photo_dir)
+        return cache[key]
+
+    return get

@@ -60,8 +60,11 @@ def export(model, out, photo_dir, limit=8, **request):
 
 
 @pytest.fixture(scope="module")
-def tiny_fp16(tmp_path_factory, tiny_model, photo_dir):
-    return export(tiny_model, tmp_path_factory.mktemp("c") / "fp16", photo_dir, precision="fp16")
+def tiny_fp16(tiny_artifact):
+    """(folder, manifest) of the tiny fp16 export, ``export(..., precision="fp16")`` with
+    parity on 8 photos; exported once per session, shared with tests/test_target_contract.py
+    (the manifest, reference-model and reproducibility contract of every target)."""
+    return tiny_artifact("coreml", "fp16")
 
 
 def spec_of(folder: Path):
@@ -103,10 +106,9 @@ def test_labels_and_preprocessing_in_metadata(tiny_fp16):
     assert meta["restv2_edge.precision"] == "fp16"
 
 
-def test_fp32_export(tmp_path, tiny_model, photo_dir):
-    path, manifest = export(tiny_model, tmp_path / "a", photo_dir, precision="fp32")
+def test_fp32_export(tiny_artifact):
+    path, manifest = tiny_artifact("coreml", "fp32")
     assert_passed(manifest.parity)
-    assert manifest.parity["metrics"]["max_abs_diff"] <= 1e-3
     spec = spec_of(path)
     fn = spec.mlProgram.functions["main"]
     types = {o.type.tensorType.dataType for op in fn.block_specializations[fn.opset].operations
