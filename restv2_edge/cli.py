@@ -364,6 +364,14 @@ def export(**o: Any) -> None:
         from restv2_edge.publish import check_output
 
         check_output(o["output"], o["force"])
+    if o["int8"]:
+        from restv2_edge.calibration.recipes import int8_targets
+
+        if o["target"] not in int8_targets():
+            raise click.UsageError(
+                f"--int8 is not offered for {o['target']} (INT8 recipes: "
+                f"{', '.join(int8_targets())})"
+            )
     readers = option_readers(o["target"])
     for name in TARGET_OPTIONS:
         if given(name) and name not in readers:

@@ -125,30 +125,45 @@ class OutputPath(click.Path):
 POSITIVE_INT = click.IntRange(min=1)
 
 
-class LazyChoice(click.Choice):
-    """A choice whose values come from a function, called when first needed (the target
-    registry imports the converter modules: ``restv2-edge --help`` should not)."""
+class LazyChoice(click.ParamType):
+    """A choice whose values come from a function, called only when a value is checked or
+    help is shown (the target registry imports the converter modules and numpy: a plain
+    ``restv2-edge --help`` should not). click's own Choice reads its values on construction.
+    """
+
+    name = "choice"
 
     def __init__(self, source: Callable[[], list[str]]) -> None:
         self._source = source
         self._values: list[str] | None = None
-        super().__init__([])
 
-    @property  # type: ignore[override]
+    @property
     def choices(self) -> list[str]:
         if self._values is None:
             self._values = list(self._source())
         return self._values
 
-    @choices.setter
-    def choices(self, value: Any) -> None:
-        """click.Choice.__init__ assigns the (empty) list; the source decides."""
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(self.choices) + "]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if value in self.choices:
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))}.", param, ctx)
+
+    def shell_complete(self, ctx: Any, param: Any, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(c) for c in self.choices if c.startswith(incomplete)]
 
 
 def target_choice() -> LazyChoice:
-    from restv2_edge.converters.base import target_names
+    def names() -> list[str]:
+        from restv2_edge.converters.base import target_names
 
-    return LazyChoice(target_names)
+        return target_names()
+
+    return LazyChoice(names)
 
 
 def sensitivity_target_choice() -> LazyChoice:
