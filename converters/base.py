@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from restv2_edge.converters.registry import (
     target_names,
 )
 
-from restv2_edge.errors import ExportError
+from restv2_edge.errors import ExportError, RunnerUnavailableError
 
 if TYPE_CHECKING:
     from restv2_edge.config import ModelConfig
@@ -32,9 +33,15 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 #: the precision that calibration/ recipes build (every other one is a converter's own)
 INT8 = "int8"
+#: the most inputs a dynamic-batch runner sends to its runtime in one call
+MAX_DYNAMIC_CHUNK = 64
+#: the device every runner can use here (runners run on the CPU unless told otherwise)
+CPU = "CPU"
 
 __all__ = [
+    "CPU",
     "INT8",
+    "MAX_DYNAMIC_CHUNK",
     "Converter",
     "ExportRequest",
     "ExportResult",
@@ -95,12 +102,15 @@ class ExportRequest:
     ``preprocessing``, ``class_names`` and ``model_config`` describe the model being exported
     (``for_model``): recipes and converters read them here rather than from the graph.
     ``quantization`` may be given as a dict (older callers); it is read as
-    ``QuantizationSettings``.
+    ``QuantizationSettings``. ``batch_size`` is the batch the artifact is exported with;
+    ``dynamic_batch`` makes that dimension symbolic (targets whose descriptor declares it),
+    the batch size then being only the nominal one recorded in the manifest.
     """
 
     precision: str = "fp32"
     raw_input: bool = False
     batch_size: int = 1
+    dynamic_batch: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     # INT8: a CalibrationSet (calibration/) and the quantization settings.
     calibration: Any = None
@@ -138,21 +148,36 @@ class ExportResult:
 
 
 class Runner(abc.ABC):
-    """Maps a float32 NCHW batch to float32 logits in the target runtime."""
+    """Maps a float32 NCHW batch to float32 logits in the target runtime.
 
-    #: human-readable runtime name, recorded in parity reports
+    A static runner takes exactly the exported batch; a dynamic one (``dynamic_batch``) any
+    count, which ``__call__`` sends unpadded in chunks of at most ``MAX_DYNAMIC_CHUNK``.
+    """
+
+    #: human-readable runtime name (and the device it runs on), recorded in parity reports
     description: str = ""
+    #: the device it runs on, as ``Converter.check_device`` names it
+    device: str = CPU
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, dynamic_batch: bool = False) -> None:
         self.batch_size = batch_size
+        self.dynamic_batch = dynamic_batch
 
     @abc.abstractmethod
     def run_batch(self, x: np.ndarray) -> np.ndarray:
-        """Exactly ``batch_size`` inputs (float32 NCHW) -> logits."""
+        """``batch_size`` inputs (float32 NCHW; dynamic: 1..MAX_DYNAMIC_CHUNK) -> logits."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Any number of inputs: chunked (and the last chunk padded) to the static batch."""
+        """Any number of inputs: chunked (and the last chunk padded) to the static batch, or
+        sent as they are in chunks of at most ``MAX_DYNAMIC_CHUNK`` by a dynamic runner."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.dynamic_batch:
+            return np.concatenate(
+                [
+                    np.asarray(self.run_batch(x[start : start + MAX_DYNAMIC_CHUNK]), np.float32)
+                    for start in range(0, x.shape[0], MAX_DYNAMIC_CHUNK)
+                ]
+            )
         outputs = []
         for start in range(0, x.shape[0], self.batch_size):
             chunk = x[start : start + self.batch_size]
@@ -211,6 +236,57 @@ class Converter(abc.ABC):
                 f"{self.name} cannot export precision {request.precision}; "
                 f"choose {', '.join(self.precisions)}"
             )
+        if not (isinstance(request.batch_size, int) and request.batch_size >= 1):
+            raise ExportError(f"batch size must be a positive integer (got {request.batch_size!r})")
+        if request.dynamic_batch and not self.descriptor.dynamic_batch:
+            able = [name for name in target_names() if get_descriptor(name).dynamic_batch]
+            raise ExportError(
+                f"{self.name} cannot export a dynamic batch (targets that can: "
+                f"{', '.join(able) or 'none'}); give a static batch size"
+            )
+
+    # -- devices ------------------------------------------------------------------------
+
+    def available_devices(self, manifest: Any = None) -> list[str]:
+        """The devices this target's runner can use on this machine, the default first.
+
+        ``manifest``: the artifact to run, for targets where the answer depends on it
+        (ExecuTorch: the delegate it was lowered to).
+        """
+        return [CPU]
+
+    def match_device(self, device: str, available: list[str]) -> str | None:
+        """``device`` as spelled in ``available`` (case-insensitive), or None."""
+        return next((name for name in available if name.lower() == device.lower()), None)
+
+    def check_device(self, device: str | None, manifest: Any = None) -> str:
+        """The canonical name of ``device`` (None: the default, the first available).
+
+        RunnerUnavailableError, one line listing what is available, when it is not here.
+        """
+        available = self.available_devices(manifest)
+        if device is None:
+            return available[0]
+        name = self.match_device(str(device), available)
+        if name is None:
+            raise RunnerUnavailableError(
+                f"device {device} is not available for {self.name} here; available: "
+                + ", ".join(available)
+            )
+        return name
+
+    def open_runner(
+        self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
+    ) -> Runner:
+        """``load`` on ``device`` (checked first); a ``load`` written before devices existed
+        (no ``device`` parameter) is called without it, on the checked default."""
+        self.check_installed()
+        if "device" in inspect.signature(self.load).parameters:
+            return self.load(folder, manifest, threads, device=device)
+        name = self.check_device(device, manifest)
+        runner = self.load(folder, manifest, threads)
+        runner.device = name
+        return runner
 
     def graph_form_for(self, request: ExportRequest) -> str:
         """The graph form to export for this request (measured per target; docs/)."""
@@ -223,8 +299,11 @@ class Converter(abc.ABC):
         """Convert ``model`` (already in this target's graph form, eval, fp32) into ``workdir``."""
 
     @abc.abstractmethod
-    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
-        """A runner for the artifact in ``folder``."""
+    def load(
+        self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
+    ) -> Runner:
+        """A runner for the artifact in ``folder`` on ``device`` (None: the default; an
+        unavailable one raises RunnerUnavailableError, see ``check_device``)."""
 
 
 def half_precision(model: Any) -> Any:

@@ -45,6 +45,9 @@ class TargetDescriptor:
     #: target-specific export options it reads (``ExportRequest.options`` keys, which are
     #: CLI option names, e.g. ``deployment_target``): the CLI refuses them elsewhere
     options: tuple[str, ...] = ()
+    #: the target can export a symbolic batch dimension (``ExportRequest.dynamic_batch``;
+    #: Core ML: a flexible or enumerated one); the CLI refuses ``--dynamic-batch`` elsewhere
+    dynamic_batch: bool = False
 
     def __post_init__(self) -> None:
         if self.default_precision not in self.precisions:

@@ -68,6 +68,7 @@ def build_manifest(
         input={
             "name": result.input_name,
             "shape": [request.batch_size, 3, size, size],
+            "dynamic_batch": request.dynamic_batch,
             "dtype": "float32",
             "layout": result.layout,
             "scale": pre.scale,
@@ -166,7 +167,10 @@ def backend_errors(step: str) -> Iterator[None]:
 
 
 def _example_input(model: ResTV2, request: ExportRequest) -> torch.Tensor:
+    """The tracing input: the request's batch, and at least 2 for a dynamic batch (torch.export
+    specializes a dimension whose example size is 1, which would make it static again)."""
     size = model.image_size
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(request.batch_size, 3, size, size, generator=generator)
+    batch = max(request.batch_size, 2) if request.dynamic_batch else request.batch_size
+    x = torch.randn(batch, 3, size, size, generator=generator)
     return (x * 60 + 120).clamp(0, 255) if request.raw_input else x

@@ -66,7 +66,14 @@ class Manifest:
 
     @property
     def batch_size(self) -> int:
+        """The batch the artifact was exported with (``input.shape[0]``)."""
         return int(self.input["shape"][0])
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the batch dimension is symbolic: the runtime takes any count
+        (``input.dynamic_batch``; absent in older manifests: false)."""
+        return bool(self.input.get("dynamic_batch", False))
 
     @property
     def raw_input(self) -> bool:

@@ -153,6 +153,13 @@ def _check_input(data: dict[str, Any]) -> list[str]:
         found.append(f"input.shape {shape} does not match image_size {data['image_size']}")
     if not isinstance(spec["name"], str) or not isinstance(spec["layout"], str):
         found.append("input.name and input.layout must be strings")
+    if not isinstance(spec.get("dynamic_batch", False), bool):
+        found.append("input.dynamic_batch must be true or false")
+    sizes = spec.get("batch_sizes")
+    if sizes is not None and not (
+        isinstance(sizes, list) and sizes and all(_positive_int(v) for v in sizes)
+    ):
+        found.append("input.batch_sizes must be a non-empty list of positive integers")
     if not _is_number(spec["scale"]) or spec["scale"] <= 0:
         found.append("input.scale must be a positive number")
     for key in ("mean", "std"):
@@ -168,6 +175,16 @@ def _check_input(data: dict[str, Any]) -> list[str]:
     return found
 
 
+def _batch_mismatch(data: dict[str, Any]) -> bool:
+    """Whether output.shape[0] differs from a valid input.shape[0] (both are the batch N)."""
+    if not isinstance(data["input"], dict):
+        return False
+    shape, batch = data["output"].get("shape"), data["input"].get("shape")
+    if not (isinstance(shape, list) and shape and isinstance(batch, list) and batch):
+        return False
+    return _positive_int(batch[0]) and shape[0] != batch[0]
+
+
 def _check_output_and_labels(data: dict[str, Any]) -> list[str]:
     found = []
     spec = data["output"]
@@ -177,6 +194,11 @@ def _check_output_and_labels(data: dict[str, Any]) -> list[str]:
         isinstance(spec["shape"], list) and all(_positive_int(v) for v in spec["shape"])
     ):
         found.append("output.shape must be a list of positive integers")
+    elif _batch_mismatch(data):
+        found.append(
+            f"output.shape {spec['shape']} does not start with the input batch "
+            f"{data['input']['shape'][0]}"
+        )
     labels = data.get("labels")
     if isinstance(labels, list):
         if not all(isinstance(label, str) for label in labels):
