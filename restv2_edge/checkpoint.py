@@ -7,6 +7,10 @@ two places, mapped explicitly here in the manner of timm's checkpoint filter fun
 - ``stageN.i.attn.up.0`` (conv inside ``nn.Sequential``) <-> ``attn.up``; in the decomposed
   graph form its output channels are stored in (i, j, c) order instead of (c, i, j).
 
+Detection (detectron2) and segmentation (mmseg) checkpoints hold the same backbone under a
+prefix, plus the output norms ``norm_1..norm_4`` the features head applies (``split_backbone``;
+docs/backbone.md).
+
 The own format is a ``.safetensors`` file in the official key layout whose metadata (key
 ``restv2_edge``) carries the config, image size, class names and preprocessing.
 """
@@ -36,6 +40,12 @@ OWN_FORMAT_VERSION = 1
 _KV = re.compile(r"^(stage\d+\.\d+\.attn)\.kv\.(weight|bias)$")
 _UP_OFFICIAL = re.compile(r"^(stage\d+\.\d+\.attn)\.up\.0\.(weight|bias)$")
 _KEY_PREFIXES = ("module.", "model.")
+_NORM_SEQUENTIAL = re.compile(r"^norm_([1-4])\.0\.(weight|bias)$")
+_OUTPUT_NORM = re.compile(r"^norm_([1-4])\.weight$")
+_CLASSIFIER = re.compile(r"^(norm|head)\.(weight|bias)$")
+
+#: checkpoint layouts and where each keeps the backbone's keys
+LAYOUTS = {"classification": "", "detectron2": "backbone.bottom_up.", "mmseg": "backbone."}
 
 
 @dataclass
@@ -52,6 +62,28 @@ class Checkpoint:
     @property
     def is_own_format(self) -> bool:
         return self.config is not None
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """A checkpoint's backbone in the classification key layout (plus ``norm_1..norm_4``)."""
+
+    layout: str
+    state_dict: dict[str, torch.Tensor]
+    ignored: list[str]
+    has_output_norms: bool
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What ``load_official_into`` loaded: the layout, how many tensors it loaded and how many
+    it ignored (other heads: FPN, RPN, ROI heads, decode heads, or the classifier's norm and
+    head when a features model takes classification weights)."""
+
+    layout: str
+    loaded: int
+    ignored: int
+    output_norms_loaded: bool
 
 
 # ----------------------------------------------------------------------------- key mapping
@@ -122,20 +154,97 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_official_into(model: nn.Module, official: dict[str, torch.Tensor]) -> None:
-    """Load official-layout weights; every missing, unexpected or mis-shaped key is an error."""
-    official = strip_prefixes(official)
+def split_backbone(state: dict[str, torch.Tensor]) -> BackboneWeights:
+    """Find the backbone in a checkpoint of any official layout (see ``LAYOUTS``).
+
+    detectron2 (object_detection/): the backbone under ``backbone.bottom_up.``, its output
+    norms as ``norm_<i>.0.*`` (inside ``nn.Sequential``); mmseg (semantic_segmentation/):
+    under ``backbone.``, norms as ``norm_<i>.*``. Everything else (FPN, RPN, ROI heads, decode
+    and auxiliary heads, pixel statistics) is another head's and ends up in ``ignored``.
+    """
+    state = strip_prefixes(state)
+    layout = "classification"
+    for name, prefix in (("detectron2", "backbone.bottom_up."), ("mmseg", "backbone.")):
+        if any(key.startswith(prefix) for key in state):
+            layout = name
+            break
+    prefix = LAYOUTS[layout]
+    backbone: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            ignored.append(key)
+            continue
+        key = key[len(prefix) :]
+        if match := _NORM_SEQUENTIAL.match(key):
+            key = f"norm_{match.group(1)}.{match.group(2)}"
+        backbone[key] = value
+    norms = sorted({int(m.group(1)) for key in backbone if (m := _OUTPUT_NORM.match(key))})
+    if norms and norms != [1, 2, 3, 4]:
+        raise CheckpointError(
+            f"{layout} checkpoint has output norms for stages {norms} only; the features head "
+            "needs norm_1..norm_4 (all four stage outputs)"
+        )
+    return BackboneWeights(layout, backbone, ignored, bool(norms))
+
+
+def checkpoint_output_norms(state: dict[str, torch.Tensor]) -> str:
+    """``checkpoint`` when the weights carry the output norms norm_1..norm_4 (detection and
+    segmentation checkpoints), ``identity`` otherwise (classification checkpoints)."""
+    return "checkpoint" if split_backbone(state).has_output_norms else "identity"
+
+
+def load_official_into(model: nn.Module, official: dict[str, torch.Tensor]) -> LoadResult:
+    """Load official-layout weights; every missing, unexpected or mis-shaped key is an error.
+
+    A features-head model takes any layout (keys of other heads are counted in the result,
+    never loaded); a classifier takes the classification layout only.
+    """
+    weights = split_backbone(official)
+    state = dict(weights.state_dict)
+    ignored = list(weights.ignored)
+    features = getattr(model, "head_type", "classifier") == "features"
+    if not features and weights.layout != "classification":
+        raise CheckpointError(
+            f"a {weights.layout} checkpoint holds a backbone and no classifier: build the "
+            "model with head='features' (export --head features)"
+        )
+    if features:
+        ignored += [key for key in state if _CLASSIFIER.match(key)]
+        state = {key: value for key, value in state.items() if not _CLASSIFIER.match(key)}
+        if weights.has_output_norms and model.output_norms == "identity":
+            raise CheckpointError(
+                "checkpoint has output norms norm_1..norm_4 but the model was built with "
+                "output_norms='identity'"
+            )
+        if not weights.has_output_norms and model.output_norms == "checkpoint":
+            raise CheckpointError(
+                f"{weights.layout} checkpoint has no output norms norm_1..norm_4: build the "
+                "model with output_norms='identity' (create_model decides this itself)"
+            )
     expected = official_state_dict(model)
-    missing = [key for key in expected if key not in official]
-    unexpected = [key for key in official if key not in expected]
+    _check_keys(state, expected, weights.layout)
+    internal = to_internal({key: state[key] for key in expected}, model)
+    current = model.state_dict()
+    internal = {key: value.to(dtype=current[key].dtype) for key, value in internal.items()}
+    model.load_state_dict(internal, strict=True)
+    return LoadResult(weights.layout, len(expected), len(ignored), weights.has_output_norms)
+
+
+def _check_keys(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], layout: str
+) -> None:
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
     mismatched = [
-        f"{key}: checkpoint {tuple(official[key].shape)} vs model {tuple(expected[key].shape)}"
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
         for key in expected
-        if key in official and official[key].shape != expected[key].shape
+        if key in state and state[key].shape != expected[key].shape
     ]
+    where = "" if layout == "classification" else f" ({layout} layout, under {LAYOUTS[layout]})"
     if mismatched:
         raise CheckpointError(
-            "checkpoint does not fit this model (another variant or class count?): "
+            f"checkpoint{where} does not fit this model (another variant or class count?): "
             + "; ".join(mismatched[:3])
             + (f" (+{len(mismatched) - 3} more)" if len(mismatched) > 3 else "")
         )
@@ -145,11 +254,7 @@ def load_official_into(model: nn.Module, official: dict[str, torch.Tensor]) -> N
             parts.append(f"missing keys: {_preview(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {_preview(unexpected)}")
-        raise CheckpointError("checkpoint keys do not match the model; " + "; ".join(parts))
-    internal = to_internal({key: official[key] for key in expected}, model)
-    current = model.state_dict()
-    internal = {key: value.to(dtype=current[key].dtype) for key, value in internal.items()}
-    model.load_state_dict(internal, strict=True)
+        raise CheckpointError(f"checkpoint keys{where} do not match the model; " + "; ".join(parts))
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:
@@ -257,6 +362,10 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
+    if getattr(model, "head_type", "classifier") != "classifier" or not isinstance(
+        model.image_size, int
+    ):
+        raise CheckpointError("the own format stores square classifiers only")
     if len(class_names) != model.config.num_classes:
         raise CheckpointError(
             f"{len(class_names)} class names for a {model.config.num_classes}-class model"

@@ -56,7 +56,7 @@ def count_macs(model: ResTV2) -> dict[str, int]:
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, model.config.in_chans, model.image_size, model.image_size))
+            model(torch.zeros(1, model.config.in_chans, *model.input_hw))
     finally:
         for handle in handles:
             handle.remove()
@@ -76,6 +76,7 @@ def count_params(model: ResTV2) -> dict[str, int]:
         "patch_4": "stage4",
         "norm": "head",
         "head": "head",
+        **{f"norm_{index}": f"stage{index}" for index in range(1, 5)},  # the features head's
     }
     totals = dict.fromkeys(["stage1", "stage2", "stage3", "stage4", "head"], 0)
     for name, param in model.named_parameters():

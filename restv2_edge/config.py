@@ -90,15 +90,54 @@ def variant_name(config: ModelConfig) -> str | None:
     return None
 
 
-def check_image_size(image_size: int) -> int:
-    """Input resolutions must be static multiples of 32, at least 64."""
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, int)
-        or not 64 <= image_size <= MAX_IMAGE_SIZE
-        or image_size % 32
-    ):
+#: an input size: one side (square) or (height, width)
+ImageSize = int | tuple[int, int]
+
+
+def _valid_side(side: Any) -> bool:
+    return (
+        not isinstance(side, bool)
+        and isinstance(side, int)
+        and 64 <= side <= MAX_IMAGE_SIZE
+        and side % 32 == 0
+    )
+
+
+def check_image_size(image_size: ImageSize) -> ImageSize:
+    """Input resolutions must be static multiples of 32, at least 64 (each side).
+
+    An int is a square side and comes back as the same int; a (height, width) pair comes back
+    as a tuple (strides 4..32 and the sr ratios need every side % 32 == 0).
+    """
+    if not isinstance(image_size, (tuple, list)):
+        if not _valid_side(image_size):
+            raise ConfigError(
+                f"image size must be a multiple of 32 in 64..{MAX_IMAGE_SIZE}, got {image_size}"
+            )
+        return image_size
+    if len(image_size) != 2 or not all(_valid_side(side) for side in image_size):
         raise ConfigError(
-            f"image size must be a multiple of 32 in 64..{MAX_IMAGE_SIZE}, got {image_size}"
+            f"image size (height x width) must be two multiples of 32 in 64..{MAX_IMAGE_SIZE},"
+            f" got {format_image_size(image_size)}"
         )
-    return image_size
+    return (image_size[0], image_size[1])
+
+
+def image_hw(image_size: ImageSize) -> tuple[int, int]:
+    """A checked image size as (height, width)."""
+    checked = check_image_size(image_size)
+    return checked if isinstance(checked, tuple) else (checked, checked)
+
+
+def canonical_image_size(image_size: ImageSize) -> ImageSize:
+    """The int side for a square size, the (height, width) tuple otherwise: square models
+    keep the int ``image_size`` every existing caller (manifest, preprocessing) reads."""
+    height, width = image_hw(image_size)
+    return height if height == width else (height, width)
+
+
+def format_image_size(image_size: Any) -> str:
+    """``224`` or ``384x640`` (height x width), the form ``--image-size`` takes."""
+    if isinstance(image_size, (tuple, list)):
+        return "x".join(str(side) for side in image_size)
+    return str(image_size)

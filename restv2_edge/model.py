@@ -24,12 +24,14 @@ from __future__ import annotations
 import copy
 import enum
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restv2_edge.config import ModelConfig, check_image_size
+from restv2_edge.config import ImageSize, ModelConfig, canonical_image_size, image_hw
 from restv2_edge.errors import ConfigError
 
 LN_EPS = 1e-6
@@ -245,26 +247,75 @@ class PatchEmbed(nn.Module):
         return self.norm(map_to_tokens(self.pos(self.proj(x))))
 
 
+#: what the network ends in: ``classifier`` (logits) or ``features`` (four stage maps)
+HEADS = ("classifier", "features")
+#: the features head's output norms: trained ``norm_1..norm_4`` layers (a detection or
+#: segmentation checkpoint, or a model built without weights) or none (classification weights)
+OUTPUT_NORMS = ("checkpoint", "identity")
+#: the features head's outputs, in order (the official detectron2 backbone's feature names)
+FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4")
+FEATURE_STRIDES = (4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One model output: ``name``, ``shape`` (batch first), ``stride`` and ``channels`` for a
+    feature map (``stride`` None for logits)."""
+
+    name: str
+    shape: tuple[int, ...]
+    stride: int | None
+    channels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "stride": self.stride,
+            "channels": self.channels,
+        }
+
+
 class ResTV2(nn.Module):
-    """ResTv2 classifier for a fixed input resolution. Input: (B, 3, S, S) normalized RGB."""
+    """ResTv2 for a fixed input resolution. Input: (B, 3, H, W) normalized RGB.
+
+    ``head`` "classifier": final LayerNorm, mean pooling, linear -> (B, num_classes) logits.
+    ``head`` "features": the official detection/segmentation backbone -- a tuple of the four
+    stage outputs (B, C_i, H/s, W/s) for s = 4, 8, 16, 32, each through its own channels-first
+    LayerNorm ``norm_1..norm_4`` (``output_norms`` "checkpoint"), or straight out of the
+    stage (``output_norms`` "identity", for classification weights, which have no such norms).
+    ``image_size``: one side or (height, width), each a multiple of 32.
+    """
 
     def __init__(
         self,
         config: ModelConfig,
-        image_size: int = 224,
+        image_size: ImageSize = 224,
         form: GraphForm | str = GraphForm.NATIVE,
+        head: str = "classifier",
+        output_norms: str = "checkpoint",
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        if output_norms not in OUTPUT_NORMS:
+            raise ConfigError(
+                f"unknown output_norms {output_norms!r}; choose one of {', '.join(OUTPUT_NORMS)}"
+            )
         self.config = config
-        self.image_size = check_image_size(image_size)
+        self.input_hw = image_hw(image_size)
+        self.image_size = canonical_image_size(image_size)
         self.form = form = GraphForm(form)
+        self.head_type = head
+        self.output_norms = output_norms if head == "features" else None
         dims, heads, depths, ratios = (
             config.embed_dims,
             config.num_heads,
             config.depths,
             config.sr_ratios,
         )
-        self.grids = [(image_size // s, image_size // s) for s in (4, 8, 16, 32)]
+        height, width = self.input_hw
+        self.grids = [(height // s, width // s) for s in FEATURE_STRIDES]
 
         self.stem = ConvStem(config.in_chans, dims[0], form)
         self.patch_2 = PatchEmbed(dims[0], dims[1], form)
@@ -276,9 +327,14 @@ class ResTV2(nn.Module):
                 for _ in range(depths[index])
             ]
             self.add_module(f"stage{index + 1}", nn.ModuleList(blocks))
-        self.norm = LayerNorm(dims[3], form)
-        self.head = nn.Linear(dims[3], config.num_classes)
-        if form is GraphForm.DECOMPOSED:
+        if head == "classifier":
+            self.norm = LayerNorm(dims[3], form)
+            self.head = nn.Linear(dims[3], config.num_classes)
+        elif output_norms == "checkpoint":
+            # channels-first LayerNorm on the map == LayerNorm over C on the tokens
+            for index in range(4):
+                self.add_module(f"norm_{index + 1}", LayerNorm(dims[index], form))
+        if head == "classifier" and form is GraphForm.DECOMPOSED:
             tokens = math.prod(self.grids[3])
             self.register_buffer(
                 "pool_row", torch.full((1, tokens), 1.0 / tokens), persistent=False
@@ -290,24 +346,54 @@ class ResTV2(nn.Module):
     def stages(self) -> list[nn.ModuleList]:
         return [self.stage1, self.stage2, self.stage3, self.stage4]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> final-normed tokens (B, (S/32)^2, C4)."""
+    def stage_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> each stage's output tokens (B, H_i*W_i, C_i), before any norm."""
         embeds = [self.stem, self.patch_2, self.patch_3, self.patch_4]
+        outs = []
         for index, (embed, stage) in enumerate(zip(embeds, self.stages)):
             if index > 0:
                 x = tokens_to_map(x, self.grids[index - 1])
             x = embed(x)
             for block in stage:
                 x = block(x)
-        return self.norm(x)
+            outs.append(x)
+        return outs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier: (B, 3, H, W) -> final-normed tokens (B, (H/32)*(W/32), C4)."""
+        return self.norm(self.stage_tokens(x)[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.head_type == "features":
+            return self.forward_maps(x)
         x = self.forward_features(x)
         if self.form is GraphForm.NATIVE:
             pooled = x.mean(dim=1)
         else:
             pooled = F.linear(x.transpose(1, 2), self.pool_row).flatten(1)
         return self.head(pooled)
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Features head: (B, 3, H, W) -> four NCHW maps at strides 4, 8, 16, 32."""
+        maps = []
+        for index, tokens in enumerate(self.stage_tokens(x)):
+            if self.output_norms == "checkpoint":
+                tokens = getattr(self, f"norm_{index + 1}")(tokens)
+            maps.append(tokens_to_map(tokens, self.grids[index]))
+        return tuple(maps)
+
+    def output_specs(self, batch: int = 1) -> list[OutputSpec]:
+        """The outputs in order: ``logits`` or ``stage1..stage4`` (the names an export gives
+        its outputs, and what a manifest's ``outputs`` list records)."""
+        if self.head_type == "classifier":
+            classes = self.config.num_classes
+            return [OutputSpec("logits", (batch, classes), None, classes)]
+        return [
+            OutputSpec(name, (batch, channels, *grid), stride, channels)
+            for name, stride, channels, grid in zip(
+                FEATURE_NAMES, FEATURE_STRIDES, self.config.embed_dims, self.grids
+            )
+        ]
 
 
 def _init_weights(module: nn.Module) -> None:

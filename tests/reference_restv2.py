@@ -8,6 +8,8 @@ package under test.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -152,6 +154,63 @@ class RefResTV2(nn.Module):
         return self.head(self.avg_pool(x).flatten(1))
 
 
+class RefLayerNorm2d(nn.Module):
+    """The official channels-first LayerNorm (its ``utils.LayerNorm``, data_format
+    "channels_first"): statistics over dim 1 of an NCHW map, written out by hand."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class RefResTV2Backbone(nn.Module):
+    """The official detection/segmentation backbone (object_detection/restv2/restv2.py,
+    semantic_segmentation/backbone/rest_v2.py): no final norm, no head; every stage's tokens
+    go back to an NCHW map through its own channels-first LayerNorm ``norm_1..norm_4``.
+
+    ``norms``: "detectron2" wraps each norm in ``nn.Sequential`` (keys ``norm_<i>.0.*``),
+    "mmseg" keeps it bare (``norm_<i>.*``), None has no norms (classification weights).
+    Returns the four maps as a tuple, strides 4, 8, 16, 32.
+    """
+
+    def __init__(self, embed_dims, num_heads, depths, sr_ratios, in_chans=3, norms="mmseg"):
+        super().__init__()
+        self.stem = RefConvStem(in_chans, embed_dims[0])
+        self.patch_2 = RefPatchEmbed(embed_dims[0], embed_dims[1])
+        self.patch_3 = RefPatchEmbed(embed_dims[1], embed_dims[2])
+        self.patch_4 = RefPatchEmbed(embed_dims[2], embed_dims[3])
+        for i in range(4):
+            blocks = [RefBlock(embed_dims[i], num_heads[i], sr_ratios[i]) for _ in range(depths[i])]
+            setattr(self, f"stage{i + 1}", nn.ModuleList(blocks))
+        self.has_norms = norms is not None
+        for i in range(4 if self.has_norms else 0):
+            layer = RefLayerNorm2d(embed_dims[i])
+            if norms == "detectron2":
+                layer = nn.Sequential(layer)
+            setattr(self, f"norm_{i + 1}", layer)
+
+    def forward(self, x):
+        B = x.shape[0]
+        outs = []
+        embeds = (self.stem, self.patch_2, self.patch_3, self.patch_4)
+        stages = (self.stage1, self.stage2, self.stage3, self.stage4)
+        for i, (embed, stage) in enumerate(zip(embeds, stages)):
+            x, (H, W) = embed(x)
+            for blk in stage:
+                x = blk(x, H, W)
+            x = x.permute(0, 2, 1).reshape(B, -1, H, W)
+            outs.append(getattr(self, f"norm_{i + 1}")(x) if self.has_norms else x)
+        return tuple(outs)
+
+
 REF_VARIANTS = {
     "T": {"embed_dims": [96, 192, 384, 768], "num_heads": [1, 2, 4, 8], "depths": [1, 2, 6, 2]},
     "S": {"embed_dims": [96, 192, 384, 768], "num_heads": [1, 2, 4, 8], "depths": [1, 2, 12, 2]},
@@ -160,9 +219,18 @@ REF_VARIANTS = {
 }
 
 
+NORM_WEIGHTS = ("norm.weight", "norm1.weight", "norm2.weight", "_norm.weight")
+
+
 def reference_model(variant="T", num_classes=1000, **overrides):
     spec = {**REF_VARIANTS.get(variant, {}), "sr_ratios": [8, 4, 2, 1], **overrides}
     return RefResTV2(num_classes=num_classes, **spec).eval()
+
+
+def reference_backbone(variant="T", norms="mmseg", **overrides):
+    spec = {**REF_VARIANTS.get(variant, {}), "sr_ratios": [8, 4, 2, 1], **overrides}
+    spec.pop("num_classes", None)
+    return RefResTV2Backbone(norms=norms, **spec).eval()
 
 
 def randomize_(model, seed=0):
@@ -174,7 +242,7 @@ def randomize_(model, seed=0):
                 continue
             if name.endswith("running_var"):
                 tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-            elif name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "_norm.weight")):
+            elif name.endswith(NORM_WEIGHTS) or re.fullmatch(r"norm_\d(\.0)?\.weight", name):
                 tensor.copy_(1.0 + 0.2 * torch.randn(tensor.shape, generator=gen))
             else:
                 fan_in = tensor[0].numel() if tensor.ndim > 1 else 1
