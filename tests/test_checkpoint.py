@@ -127,3 +127,23 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, ref):
         create_model(TINY_CONFIG, SIZE, weights=path)
     assert "missing keys: stage2.0.attn.q.bias" in str(info.value)
     assert "unexpected keys: stage9.extra.weight" in str(info.value)
+
+
+def test_split_backbone_finds_each_layout(ref):
+    from restv2_edge.checkpoint import split_backbone
+
+    state = ref.state_dict()
+    plain = split_backbone(state)
+    assert plain.layout == "classification" and not plain.ignored
+    assert plain.state_dict.keys() == state.keys() and not plain.has_output_norms
+    norms = {
+        f"norm_{i}.0.{kind}": torch.ones(4) for i in range(1, 5) for kind in ("weight", "bias")
+    }
+    d2 = {f"backbone.bottom_up.{k}": v for k, v in {**state, **norms}.items()}
+    d2["roi_heads.box_head.fc1.weight"] = torch.ones(2, 2)
+    found = split_backbone(d2)
+    assert found.layout == "detectron2" and found.ignored == ["roi_heads.box_head.fc1.weight"]
+    assert found.has_output_norms and "norm_3.weight" in found.state_dict
+    assert "norm_3.0.weight" not in found.state_dict  # the Sequential index is dropped
+    seg = split_backbone({f"module.backbone.{k}": v for k, v in state.items()})
+    assert seg.layout == "mmseg" and seg.state_dict.keys() == state.keys()

@@ -154,3 +154,34 @@ def test_preprocessing_matches_independent_steps(photo_dir):
     got = preprocess_image(image, Preprocessing(224))
     assert got.shape == (3, 224, 224) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_non_square_classifier_matches_reference():
+    """(height, width) sizes build their grids per side; the classifier pools them all."""
+    ref = randomize_(reference_model("custom", **TINY_CONFIG), seed=6)
+    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(x)
+    for form in FORMS:
+        model = create_model(TINY_CONFIG, (96, 160), form=form)
+        assert model.input_hw == (96, 160) and model.image_size == (96, 160)
+        assert model.preprocessing is None  # the square eval transform does not apply
+        load_official_into(model, ref.state_dict())
+        with torch.no_grad():
+            assert (model(x) - expected).abs().max().item() <= 1e-5
+
+
+def test_image_sizes_int_or_height_width():
+    from restv2_edge.config import check_image_size, format_image_size
+    from restv2_edge.errors import ConfigError
+
+    assert check_image_size(224) == 224 and check_image_size((384, 640)) == (384, 640)
+    square = create_model(TINY_CONFIG, (64, 64))
+    assert square.image_size == 64 and square.input_hw == (64, 64)  # square stays an int
+    assert square.preprocessing.image_size == 64
+    assert format_image_size((384, 640)) == "384x640" and format_image_size(224) == "224"
+    with pytest.raises(ConfigError, match=r"multiple of 32 in 64\.\.4096, got 100$"):
+        check_image_size(100)
+    for bad in [(96, 100), (32, 64), (96,), (96, 160, 3), (True, 64), (96.0, 160)]:
+        with pytest.raises(ConfigError, match="two multiples of 32"):
+            check_image_size(bad)
