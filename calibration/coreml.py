@@ -4,7 +4,10 @@
   LayerNorms and ``keep_float`` float) on the calibration set, dequantized scalar constants
   folded (``converters.coreml.fold_scalar_dequantize``), then converted; iOS17 or newer.
 - ``--weights-only``: the float program, then ``linear_quantize_weights`` (int8 per-channel
-  weights, fp16 activations, no calibration); iOS16 or newer.
+  weights, fp16 activations, no calibration); iOS16 or newer; a dynamic (enumerated) batch
+  as in float. W8A8 is traced at a static batch and refuses a dynamic one.
+- ``--raw-input``: the image classifier of converters/coreml.py. A W8A8 graph was calibrated
+  on raw pixels, so it keeps its whole normalization (ImageType scale 1, bias 0).
 
 The program is converted, described and checked by converters/coreml.py's public steps.
 Parity goes through the Core ML runner (Core ML on macOS, the MIL reference interpreter
@@ -39,6 +42,11 @@ def export_int8(model: Any, example: Any, workdir: Path, request: Any, progress:
 def _export_w8a8(model: Any, example: Any, workdir: Path, request: Any, progress: Any) -> Any:
     from restv2_edge.converters import coreml
 
+    if request.dynamic_batch:
+        raise ExportError(
+            f"Core ML int8 {W8A8} is quantized at a static batch; export it without a dynamic "
+            f"batch (the {WEIGHTS_ONLY} scheme takes one)"
+        )
     batches = calibration_batches(model, request)
     target_name, target = coreml.requested_target(request, "iOS17", f"int8 {W8A8}")
     progress("quantize")

@@ -6,32 +6,45 @@
   calibration/coreml.py's: it quantizes (PT2E W8A8 before ``convert``, or weights after it)
   and builds the artifact with this module's public steps: ``requested_target``,
   ``convert``, ``fold_scalar_dequantize`` and ``save``.
-- float32 tensor input ``input`` (N, 3, S, S) and output ``logits``; with ``raw_input`` the
-  input is an RGB ImageType (scale 1, bias 0) and the per-channel normalization lives in the
-  graph (ImageType has no per-channel std).
-- Class labels, preprocessing, config and precision (from the ``ExportRequest``) in the
-  model's user-defined metadata (no classifier output: ImageNet names repeat, and runners
-  need the logits).
+- Tensor input (default): float32 ``input`` (N, 3, S, S), normalized by the caller, and output
+  ``logits``. ``batch_size`` N is static; ``dynamic_batch`` makes it an enumerated batch
+  (``ct.EnumeratedShapes``: ``batch_sizes``, runnable on the Neural Engine, which a ranged
+  batch is only at its default size); runners pad a chunk to the next enumerated size.
+- Image classifier (``raw_input``): an RGB ``ImageType`` input ``input`` whose scale (1/255)
+  and per-channel bias (-mean) Core ML applies, the per-channel 1/std in the graph (ImageType
+  has no per-channel scale), and coremltools' ``ClassifierConfig`` outputs ``classLabel``
+  (String) and ``classLabel_probs`` (class -> probability), beside ``logits``, which runners
+  and parity read. Labels are made unique (``unique_labels``: ImageNet has two "crane" and two
+  "maillot"). Image inputs take one image: batch 1, no dynamic batch.
+- Metadata: author, license, version, short description; the labels, preprocessing, config,
+  precision and compute units as user-defined metadata (``restv2_edge.*``), and Xcode's
+  ``imageClassifier`` preview type for the classifier.
+- Compute units (``options["compute_units"]``: ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE; default
+  ALL, CPU_ONLY for fp32 so that fp32 really runs in fp32) are recorded in the manifest's
+  ``export.compute_units``; apps and the runner's default device read them there.
 - Native graph form: Core ML has native layer_norm, 4-D matmul and pixel_shuffle, and the
   decomposed form does not convert (coremltools' fuse_linear_bias pass fails on it).
 - No tensor of rank > 4 anywhere in the saved program (checked, ExportError otherwise).
 
-Runner: Core ML itself (``MLModel.predict``) on macOS with the framework; elsewhere the
-restv2-edge MIL reference interpreter (``restv2_edge.converters.mil``), fp16-rounding where the
-program is fp16. ``RESTV2_EDGE_COREML_RUNNER`` = auto | coreml | interpreter forces one;
-``RESTV2_EDGE_COREML_COMPUTE_UNITS`` picks Core ML compute units (default ALL, CPU_ONLY for
-fp32 artifacts so fp32 is really fp32).
+Runner: Core ML itself (``MLModel.predict``) on macOS with the framework, on the compute
+units asked for (``load(device=...)``); elsewhere the restv2-edge MIL reference interpreter
+(``restv2_edge.converters.mil``), fp16-rounding where the program is fp16, which runs on the
+CPU whatever the compute units (its description says so). ``RESTV2_EDGE_COREML_RUNNER`` =
+auto | coreml | interpreter forces one; ``RESTV2_EDGE_COREML_COMPUTE_UNITS`` overrides the
+manifest's compute units when no device is given.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import json
 import os
 import platform
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +63,85 @@ from restv2_edge.errors import ExportError, RunnerUnavailableError, first_line
 MODEL_FILE = "model.mlpackage"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: the classifier's outputs (coremltools names the dictionary after the label)
+CLASS_LABEL = "classLabel"
+CLASS_PROBABILITIES = CLASS_LABEL + "_probs"
+#: the softmax the classify op reads (replaced by the two outputs above)
+PROBABILITIES = "probabilities"
 DEFAULT_TARGET = "iOS17"
 MAX_RANK = 4
 RUNNER_ENV = "RESTV2_EDGE_COREML_RUNNER"
 UNITS_ENV = "RESTV2_EDGE_COREML_COMPUTE_UNITS"
 METADATA_PREFIX = "restv2_edge."
+PREVIEW_TYPE_KEY = "com.apple.coreml.model.preview.type"
+#: ``coremltools.ComputeUnit`` names, as MLModelConfiguration.computeUnits spells them in Swift
+#: (.all, .cpuOnly, .cpuAndGPU, .cpuAndNeuralEngine)
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+#: a dynamic batch is enumerated: these sizes (and the requested batch size)
+ENUMERATED_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+LICENSE = (
+    "Apache-2.0 (restv2-edge; the ResTv2 architecture: github.com/wofmanaf/ResT). "
+    "The weights carry the license of the checkpoint they came from."
+)
+
+
+# -- labels, batch sizes, compute units ---------------------------------------------------------
+
+
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """Class labels with repeats made unique, for a Core ML classifier (its probability
+    dictionary is keyed by label).
+
+    The first occurrence keeps its name; a later one gets `` (k)``, k = 2, 3, ... the first
+    number that is neither taken nor another class's name: ImageNet's classes 134 and 517 are
+    "crane" and "crane (2)", 638 and 639 "maillot" and "maillot (2)".
+    """
+    originals = set(names)
+    used: set[str] = set()
+    result = []
+    for name in names:
+        label = name
+        k = 2
+        while label in used or (label != name and label in originals):
+            label = f"{name} ({k})"
+            k += 1
+        used.add(label)
+        result.append(label)
+    return result
+
+
+def batch_sizes(request: ExportRequest) -> list[int]:
+    """The batch sizes the exported input takes: the requested one, plus the enumerated
+    sizes for a dynamic batch."""
+    if not request.dynamic_batch:
+        return [request.batch_size]
+    return sorted({*ENUMERATED_BATCH_SIZES, request.batch_size})
+
+
+def default_compute_units(precision: str) -> str:
+    """ALL (GPU and Neural Engine compute in fp16), CPU_ONLY for fp32 (computes in fp32)."""
+    return "CPU_ONLY" if precision == "fp32" else "ALL"
+
+
+def compute_units(request: ExportRequest) -> str:
+    """The request's compute units (``options["compute_units"]``, any case), checked."""
+    value = request.options.get("compute_units")
+    if value is None:
+        return default_compute_units(request.precision)
+    name = match_compute_units(str(value))
+    if name is None:
+        raise ExportError(
+            f"unknown Core ML compute units {value!r}; choose {', '.join(COMPUTE_UNITS)}"
+        )
+    return name
+
+
+def match_compute_units(name: str) -> str | None:
+    """``name`` as a COMPUTE_UNITS member (any case; ``CPU`` means CPU_ONLY), or None."""
+    wanted = name.strip().upper()
+    if wanted == "CPU":
+        return "CPU_ONLY"
+    return wanted if wanted in COMPUTE_UNITS else None
 
 
 # -- runners ------------------------------------------------------------------------------------
@@ -75,30 +162,50 @@ def _to_pixels(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def run_padded(
+    x: np.ndarray, sizes: Sequence[int], run: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``run`` on ``x`` zero-padded to the smallest enumerated batch size that holds it (an
+    enumerated input takes only those sizes); the padding's rows are dropped again."""
+    count = x.shape[0]
+    fits = [n for n in sizes if n >= count]
+    if not fits:
+        raise RunnerUnavailableError(f"a batch of {count} exceeds the model's sizes {list(sizes)}")
+    size = min(fits)
+    if size > count:
+        x = np.concatenate([x, np.zeros((size - count, *x.shape[1:]), x.dtype)])
+    return np.asarray(run(x), np.float32)[:count]
+
+
 class CoreMLRunner(Runner):
-    """The Core ML framework (macOS) through coremltools' MLModel."""
+    """The Core ML framework (macOS) through coremltools' MLModel, on ``units``."""
 
-    def __init__(self, path: Path, batch_size: int, image_input: bool, compute_units: str) -> None:
+    def __init__(self, path: Path, manifest: Any, units: str) -> None:
         import coremltools as ct
+        from restv2_edge.converters.mil import read_package
 
-        super().__init__(batch_size)
-        if compute_units not in ct.ComputeUnit.__members__:
-            raise RunnerUnavailableError(
-                f"unknown Core ML compute units {compute_units!r}; "
-                f"choose {', '.join(ct.ComputeUnit.__members__)}"
-            )
+        super().__init__(manifest.batch_size, manifest.dynamic_batch)
         try:
-            self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[compute_units])
+            self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[units])
         except Exception as exc:
             raise RunnerUnavailableError(f"Core ML cannot load {path.name}: {exc}") from exc
-        self.image_input = image_input
-        self.description = (
-            f"coremltools {ct.__version__} MLModel (Core ML framework, {compute_units})"
-        )
+        feature = {f.name: f for f in read_package(path).inputs}[INPUT_NAME]
+        self.image_input = feature.kind == "image"
+        self.sizes = feature.batch_sizes
+        self.device = units
+        self.description = f"coremltools {ct.__version__} MLModel (Core ML framework, {units})"
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
-        if not self.image_input:
-            return np.asarray(self.model.predict({INPUT_NAME: x})[OUTPUT_NAME], np.float32)
+        if self.image_input:
+            return self._run_images(x)
+        if self.dynamic_batch and self.sizes:
+            return run_padded(x, self.sizes, self._predict)
+        return self._predict(x)
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict({INPUT_NAME: x})[OUTPUT_NAME], np.float32)
+
+    def _run_images(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         outputs = []
@@ -109,24 +216,37 @@ class CoreMLRunner(Runner):
 
 
 class InterpreterRunner(Runner):
-    """The restv2-edge MIL reference interpreter (numpy), fp16-rounding where typed fp16."""
+    """The restv2-edge MIL reference interpreter (numpy), fp16-rounding where typed fp16.
 
-    def __init__(self, path: Path, batch_size: int) -> None:
+    It runs on this machine's CPU whatever compute units it is asked for: ``units`` is only
+    named in its description, as not exercised.
+    """
+
+    def __init__(self, path: Path, manifest: Any, units: str) -> None:
         from restv2_edge.converters.mil import Program
 
-        super().__init__(batch_size)
+        super().__init__(manifest.batch_size, manifest.dynamic_batch)
         self.program = Program.load(path)
-        features = {f.name: f for f in self.program.package.inputs}
-        self.image_input = getattr(features.get(INPUT_NAME), "kind", "") == "image"
+        feature = {f.name: f for f in self.program.package.inputs}[INPUT_NAME]
+        self.image_input = feature.kind == "image"
+        self.sizes = feature.batch_sizes
         self.fp16 = any(t.dtype == "fp16" for t in self.program.types.values())
+        self.device = units
         mode = "fp16 rounding" if self.fp16 else "fp32"
-        self.description = f"restv2-edge MIL reference interpreter (numpy, {mode})"
+        self.description = (
+            f"restv2-edge MIL reference interpreter (numpy, {mode}; on the CPU: "
+            f"compute units {units} not exercised)"
+        )
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         if self.image_input:
             x = _to_pixels(x).astype(np.float32)
-        outputs = self.program.run({INPUT_NAME: x}, fp16=self.fp16)
-        return outputs[OUTPUT_NAME].astype(np.float32)
+        if self.dynamic_batch and self.sizes:
+            return run_padded(x, self.sizes, self._run)
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.program.run({INPUT_NAME: x}, fp16=self.fp16)[OUTPUT_NAME].astype(np.float32)
 
 
 # -- converter ---------------------------------------------------------------------------------
@@ -136,9 +256,11 @@ class CoreMLConverter(Converter):
     def check_request(self, request: ExportRequest) -> None:
         super().check_request(request)
         deployment_target(request.options.get("deployment_target", DEFAULT_TARGET))
-        if request.raw_input and request.batch_size != 1:
+        compute_units(request)
+        if request.raw_input and (request.batch_size != 1 or request.dynamic_batch):
             raise ExportError(
-                "Core ML image inputs take one image: use batch size 1 with raw input"
+                "a Core ML image input (--raw-input) takes one image: export it with batch 1 "
+                "and no dynamic batch, or use the tensor input for batches"
             )
 
     def export(
@@ -154,8 +276,26 @@ class CoreMLConverter(Converter):
         mlmodel = convert(model, example, request, target, progress)
         return save(mlmodel, workdir, request, target_name, progress)
 
-    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+    def available_devices(self, manifest: Any = None) -> list[str]:
+        """The Core ML compute units, the artifact's own (``export.compute_units``) first.
+
+        Every one is accepted here; where Core ML itself is missing (Linux), the MIL
+        interpreter runs on the CPU and says that the compute units were not exercised.
+        """
+        own = manifest_compute_units(manifest)
+        return [own, *(units for units in COMPUTE_UNITS if units != own)]
+
+    def match_device(self, device: str, available: list[str]) -> str | None:
+        name = match_compute_units(device)
+        return name if name in available else None
+
+    def load(
+        self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
+    ) -> Runner:
         self.check_installed()
+        if device is None and os.environ.get(UNITS_ENV):
+            device = os.environ[UNITS_ENV]
+        units = self.check_device(device, manifest)
         path = Path(folder) / manifest.model_file
         choice = os.environ.get(RUNNER_ENV, "auto").strip().lower() or "auto"
         if choice not in ("auto", "coreml", "interpreter"):
@@ -163,19 +303,25 @@ class CoreMLConverter(Converter):
                 f"{RUNNER_ENV}={choice!r}: choose auto, coreml or interpreter"
             )
         if choice in ("auto", "coreml") and coreml_framework_available():
-            units = os.environ.get(UNITS_ENV) or (
-                "CPU_ONLY" if manifest.precision == "fp32" else "ALL"
-            )
-            return CoreMLRunner(path, manifest.batch_size, manifest.raw_input, units)
+            return CoreMLRunner(path, manifest, units)
         if choice == "coreml":
             raise RunnerUnavailableError(
                 f"the Core ML framework is not available here (needs macOS); "
                 f"{RUNNER_ENV}=coreml rules out the MIL interpreter"
             )
         try:
-            return InterpreterRunner(path, manifest.batch_size)
+            return InterpreterRunner(path, manifest, units)
         except ImportError as exc:
             raise RunnerUnavailableError(f"the MIL interpreter cannot start: {exc}") from exc
+
+
+def manifest_compute_units(manifest: Any) -> str:
+    """The compute units an artifact was exported for (manifests before they were recorded:
+    the precision's default)."""
+    if manifest is None:
+        return "ALL"
+    recorded = match_compute_units(str((manifest.export or {}).get("compute_units", "")))
+    return recorded or default_compute_units(manifest.precision)
 
 
 # -- export helpers -----------------------------------------------------------------------------
@@ -215,6 +361,46 @@ def requested_target(
     return name, target
 
 
+def image_classifier_graph(graph: Any) -> tuple[Any, float, list[float]]:
+    """(module, ImageType scale, ImageType bias) of the image classifier form of ``graph``.
+
+    A float ``RawInput`` graph (pixels * gain + offset, per channel) is split: the ImageType
+    applies scale 1/255 and bias -mean, the module multiplies by 1/std (= 255 * gain), then
+    runs the model. Any other graph (a quantized one, calibrated on raw pixels) keeps its whole
+    normalization: scale 1, bias 0. The module returns (logits, softmax(logits)).
+    """
+    import torch
+
+    from restv2_edge.model import RawInput
+
+    classifier = _classifier_class()
+    if isinstance(graph, RawInput):
+        inv_std = graph.gain * 255.0
+        bias = (graph.offset / inv_std).reshape(-1)
+        return classifier(graph.model, inv_std).eval(), 1.0 / 255.0, [float(b) for b in bias]
+    return classifier(graph, torch.ones(1, 3, 1, 1)).eval(), 1.0, [0.0, 0.0, 0.0]
+
+
+@functools.lru_cache(maxsize=1)
+def _classifier_class() -> type:
+    """The classifier module (defined on first use: this module imports no torch at import)."""
+    import torch
+
+    class Classifier(torch.nn.Module):
+        """x * inv_std -> model -> (logits, probabilities)."""
+
+        def __init__(self, model: torch.nn.Module, inv_std: torch.Tensor) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("inv_std", inv_std.detach().clone(), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.model(x * self.inv_std)
+            return logits, torch.softmax(logits, dim=-1)
+
+    return Classifier
+
+
 def convert(
     graph: Any, example: Any, request: ExportRequest, target: Any, progress: Progress
 ) -> Any:
@@ -222,39 +408,117 @@ def convert(
 
     ``graph`` is float, or a PT2E graph with quantize/dequantize ops (calibration/coreml.py,
     after ``fold_scalar_dequantize``); compute precision fp32 for fp32 requests, else fp16.
+    ``raw_input``: the image classifier (``image_classifier_graph``, ``ClassifierConfig``).
     """
     import coremltools as ct
-    import torch
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
-            program = torch.export.export(graph, (example,)).run_decompositions({})
-    except Exception as exc:
-        raise ExportError(f"torch.export failed: {first_line(exc)}") from exc
-    progress("convert")
-    if request.raw_input:
-        inputs = [
-            ct.ImageType(
-                name=INPUT_NAME,
-                shape=tuple(example.shape),
-                color_layout=ct.colorlayout.RGB,
-                scale=1.0,
-                bias=[0.0, 0.0, 0.0],
-            )
-        ]
-    else:
-        inputs = [ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)]
     precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
+    if request.raw_input:
+        module, scale, bias = image_classifier_graph(graph)
+        program = _torch_export(module, example, None)
+        progress("convert")
+        image = ct.ImageType(
+            name=INPUT_NAME,
+            shape=tuple(example.shape),
+            color_layout=ct.colorlayout.RGB,
+            scale=scale,
+            bias=bias,
+        )
+        labels = unique_labels(request.class_names or _numbered(example, graph))
+        return _convert_classifier(program, image, labels, target, precision)
+    sizes = batch_sizes(request)
+    program = _torch_export(graph, example, max(sizes) if request.dynamic_batch else None)
+    progress("convert")
+    tensor = ct.TensorType(name=INPUT_NAME, shape=_input_shape(example, request), dtype=np.float32)
     try:
         with quiet():
             return ct.convert(
                 program,
-                inputs=inputs,
+                inputs=[tensor],
                 outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
                 convert_to="mlprogram",
                 minimum_deployment_target=target,
                 compute_precision=precision,
+                skip_model_load=True,
+            )
+    except Exception as exc:
+        raise ExportError(f"coremltools conversion failed: {first_line(exc)}") from exc
+
+
+def _numbered(example: Any, graph: Any) -> list[str]:
+    """Class names "0".."C-1" for a graph exported without names (C from one forward)."""
+    import torch
+
+    with torch.no_grad():
+        count = int(graph(example[:1]).shape[-1])
+    return [str(i) for i in range(count)]
+
+
+def _torch_export(graph: Any, example: Any, max_batch: int | None) -> Any:
+    """torch.export of ``graph`` on ``example``; the batch dimension symbolic up to
+    ``max_batch`` when given (the model never reshapes the batch)."""
+    import torch
+
+    dynamic = None
+    if max_batch is not None:
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            exported = torch.export.export(graph, (example,), dynamic_shapes=dynamic)
+            return exported.run_decompositions({})
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {first_line(exc)}") from exc
+
+
+def _input_shape(example: Any, request: ExportRequest) -> Any:
+    """The tensor input's shape: static (N, 3, S, S), or enumerated batch sizes (default N)."""
+    import coremltools as ct
+
+    rest = tuple(example.shape[1:])
+    if not request.dynamic_batch:
+        return (request.batch_size, *rest)
+    shapes = [(n, *rest) for n in batch_sizes(request)]
+    return ct.EnumeratedShapes(shapes=shapes, default=(request.batch_size, *rest))
+
+
+def _convert_classifier(
+    program: Any, image: Any, labels: list[str], target: Any, precision: Any
+) -> Any:
+    """The classifier in two steps: the MIL program (every graph pass, fp32 ``logits`` and
+    ``probabilities``), then the ML program with ``ClassifierConfig`` on ``probabilities``.
+
+    One ``ct.convert`` cannot keep ``logits`` beside the classifier outputs: coremltools 9
+    then indexes the user's output types by the program's outputs, which the classify op
+    made one more (IndexError). The second step runs no main pass (``PassPipeline.EMPTY``):
+    the program is already optimized and typed.
+    """
+    import coremltools as ct
+
+    outputs = [
+        ct.TensorType(name=OUTPUT_NAME, dtype=np.float32),
+        ct.TensorType(name=PROBABILITIES, dtype=np.float32),
+    ]
+    config = ct.ClassifierConfig(
+        labels, predicted_feature_name=CLASS_LABEL, predicted_probabilities_output=PROBABILITIES
+    )
+    try:
+        with quiet():
+            mil = ct.convert(
+                program,
+                inputs=[image],
+                outputs=outputs,
+                convert_to="milinternal",
+                minimum_deployment_target=target,
+                compute_precision=precision,
+            )
+            mil.functions["main"].set_output_types(None)
+            return ct.convert(
+                mil,
+                convert_to="mlprogram",
+                classifier_config=config,
+                pass_pipeline=ct.PassPipeline.EMPTY,
+                minimum_deployment_target=target,
                 skip_model_load=True,
             )
     except Exception as exc:
@@ -276,6 +540,9 @@ def save(
             "deployment_target": target_name,
             "compute_precision": "fp32" if request.precision == "fp32" else "fp16",
             "input_type": "image (RGB, 0-255)" if request.raw_input else "tensor float32",
+            "compute_units": compute_units(request),
+            "batch_sizes": batch_sizes(request),
+            "classifier": classifier_record(path) if request.raw_input else None,
         }
     )
     return ExportResult(
@@ -285,6 +552,20 @@ def save(
         versions=_versions(),
         info=info,
     )
+
+
+def classifier_record(path: Path) -> dict[str, Any]:
+    """What the manifest says about a saved classifier: its outputs and the labels' rule."""
+    from restv2_edge.converters.mil import read_package
+
+    package = read_package(path)
+    if not package.is_classifier:
+        raise ExportError("the Core ML image classifier has no classifier outputs")
+    return {
+        "label_output": package.predicted_feature,
+        "probabilities_output": package.predicted_probabilities,
+        "labels": "the manifest's labels, repeats suffixed ' (2)', ' (3)'... (docs/coreml.md)",
+    }
 
 
 def fold_scalar_dequantize(graph_module: Any) -> int:
@@ -330,31 +611,46 @@ def _get_attr(module: Any, target: str) -> Any:
 
 
 def describe(mlmodel: Any, request: ExportRequest, target: str) -> None:
-    """Author, descriptions and restv2-edge metadata (labels, preprocessing, config,
-    precision), from what the request says about the model (``ExportRequest.for_model``)."""
+    """Author, license, version, descriptions, Xcode's preview type (classifier) and the
+    restv2-edge metadata (labels, preprocessing, config, precision, compute units), from what
+    the request says about the model (``ExportRequest.for_model``)."""
     from restv2_edge import __version__
 
     labels = request.class_names
     config = request.model_config
     pre = request.preprocessing
+    count = len(labels) if labels else "the"
     mlmodel.author = "restv2-edge"
+    mlmodel.license = LICENSE
     mlmodel.version = __version__
-    mlmodel.short_description = (
-        "ResTv2 image classifier: logits over "
-        f"{len(labels) if labels else 'the'} classes (labels in metadata {METADATA_PREFIX}labels)"
-    )
+    meta = mlmodel.user_defined_metadata
     if request.raw_input:
-        mlmodel.input_description[INPUT_NAME] = "RGB image; normalization is inside the model"
+        mlmodel.short_description = (
+            f"ResTv2 image classifier over {count} classes: {CLASS_LABEL}, "
+            f"{CLASS_PROBABILITIES} and {OUTPUT_NAME}"
+        )
+        mlmodel.input_description[INPUT_NAME] = (
+            "RGB image at the model's size (resize and center-crop per metadata "
+            f"{METADATA_PREFIX}preprocessing); normalization is inside the model"
+        )
+        mlmodel.output_description[CLASS_LABEL] = "the most probable class"
+        mlmodel.output_description[CLASS_PROBABILITIES] = "probability of each class"
+        meta[PREVIEW_TYPE_KEY] = "imageClassifier"
     else:
+        mlmodel.short_description = (
+            f"ResTv2 image classifier: logits over {count} classes "
+            f"(labels in metadata {METADATA_PREFIX}labels)"
+        )
         mlmodel.input_description[INPUT_NAME] = (
             "float32 NCHW RGB, (rgb/255 - mean) / std per channel (see metadata)"
         )
     mlmodel.output_description[OUTPUT_NAME] = "class logits (softmax for probabilities)"
-    meta = mlmodel.user_defined_metadata
     meta[METADATA_PREFIX + "version"] = __version__
     meta[METADATA_PREFIX + "precision"] = request.precision
     meta[METADATA_PREFIX + "deployment_target"] = target
     meta[METADATA_PREFIX + "raw_input"] = json.dumps(bool(request.raw_input))
+    meta[METADATA_PREFIX + "compute_units"] = compute_units(request)
+    meta[METADATA_PREFIX + "batch_sizes"] = json.dumps(batch_sizes(request))
     if labels is not None:
         meta[METADATA_PREFIX + "labels"] = json.dumps(list(labels))
     if config is not None:
@@ -363,6 +659,8 @@ def describe(mlmodel: Any, request: ExportRequest, target: str) -> None:
         meta[METADATA_PREFIX + "preprocessing"] = json.dumps(
             pre.raw().to_dict() if request.raw_input else pre.to_dict()
         )
+        if request.raw_input:
+            meta[METADATA_PREFIX + "normalization"] = json.dumps(pre.to_dict())
 
 
 def check_program(path: Path) -> dict[str, Any]:
@@ -415,7 +713,11 @@ DESCRIPTOR = TargetDescriptor(
         "deployment_target",
         "compute_precision",
         "input_type",
+        "compute_units",
+        "batch_sizes",
+        "classifier",
     ),
     order=40,
-    options=("deployment_target",),
+    options=("deployment_target", "compute_units"),
+    dynamic_batch=True,
 )

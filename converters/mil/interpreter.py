@@ -130,15 +130,19 @@ class Program:
         ``trace``: a dict that receives every intermediate value by name (for debugging).
         """
         env: dict[str, Any] = dict(self.constants)
+        features = {feature.name: feature for feature in self.package.inputs}
         for name, vtype in self.inputs.items():
             if name not in inputs:
                 raise MILError(f"missing program input {name!r}")
-            env[name] = _store(np.asarray(inputs[name]), vtype, name, fp16)
+            value = np.asarray(inputs[name])
+            if name in features:
+                features[name].check_shape(tuple(value.shape))
+            env[name] = _store(value, vtype, name, fp16)
         for step in self.steps:
             env.update(self._execute(step, env, fp16))
         if trace is not None:
             trace.update((k, v) for k, v in env.items() if k not in self.constants)
-        return {name: np.asarray(env[name]) for name in self.output_names}
+        return {name: _output(env[name]) for name in self.output_names}
 
     def _execute(self, step: Step, env: dict[str, Any], fp16: bool) -> dict[str, Any]:
         args = {}
@@ -151,22 +155,39 @@ class Program:
         if len(results) != len(step.outputs):
             raise MILError(f"op {step.name!r} produced {len(results)} outputs")
         return {
-            out_name: _store(np.asarray(value), out_type, step.name, fp16)
+            out_name: _store(value, out_type, step.name, fp16)
             for (out_name, out_type), value in zip(step.outputs, results)
         }
 
 
-def _store(value: np.ndarray, vtype: TensorType, where: str, fp16: bool) -> np.ndarray:
-    """Check a value against its declared type and hold it the way that type is stored."""
-    if vtype.shape is not None and tuple(value.shape) != vtype.shape:
+def _store(value: Any, vtype: TensorType, where: str, fp16: bool) -> Any:
+    """Check a value against its declared type and hold it the way that type is stored
+    (values that are not tensors, e.g. a classifier's dictionary, are kept as they are)."""
+    if vtype.shape is None:
+        return value
+    value = np.asarray(value)
+    if not vtype.matches(tuple(value.shape)):
         raise MILError(
-            f"{where!r}: computed shape {tuple(value.shape)}, the program declares {vtype.shape}"
+            f"{where!r}: computed shape {tuple(value.shape)}, the program declares "
+            f"{_dims(vtype.shape)}"
         )
     if vtype.dtype == "fp16":
         return round_fp16(value) if fp16 else value.astype(np.float32, copy=False)
     if vtype.dtype == "string":
         return value
     return value.astype(vtype.numpy, copy=False)
+
+
+def _output(value: Any) -> Any:
+    """A program output: an array, or a classifier's label (str or int) and dictionary."""
+    if isinstance(value, (dict, str)):
+        return value
+    value = np.asarray(value)
+    return value.item() if value.dtype.kind in "OU" and value.ndim == 0 else value
+
+
+def _dims(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
 def _op_name(proto: Any) -> str:

@@ -597,3 +597,28 @@ def constexpr_cast(c: Call) -> np.ndarray:
 
 #: op types evaluated once when the program is loaded (their inputs are all constants)
 CONSTEXPR = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_cast"}
+
+
+# -- classifier -------------------------------------------------------------------------------
+
+
+@op("classify", args="probabilities classes")
+def classify(c: Call) -> tuple[Any, dict[Any, float]]:
+    """The classifier outputs: the label of the largest probability (the first on ties) and
+    the label -> probability dictionary (doubles), one probability per label."""
+    probabilities = np.asarray(c["probabilities"], np.float64).reshape(-1)
+    classes = [_label(value) for value in c["classes"]]
+    if probabilities.size != len(classes):
+        raise MILError(
+            f"classify ({c.name!r}): {probabilities.size} probabilities for {len(classes)} classes"
+        )
+    table = {label: float(p) for label, p in zip(classes, probabilities)}
+    if len(table) != len(classes):
+        raise MILError(f"classify ({c.name!r}): the class labels are not unique")
+    return classes[int(np.argmax(probabilities))], table
+
+
+def _label(value: Any) -> Any:
+    """A class label constant: str, or an int64 label as a Python int."""
+    item = value.item() if isinstance(value, np.ndarray) else value
+    return item if isinstance(item, str) else int(item)

@@ -15,13 +15,49 @@ SPEC_NAME = "model.mlmodel"
 
 @dataclass
 class Feature:
-    """One model input or output as the Model description declares it."""
+    """One model input or output as the Model description declares it.
+
+    ``shape`` is the default shape; ``shapes`` the enumerated shapes of a flexible
+    multi-array input (empty: only ``shape``, or a range: ``ranges``, (lower, upper) per
+    dimension, upper -1 for unbounded).
+    """
 
     name: str
-    kind: str  # "tensor" or "image"
+    kind: str  # "tensor", "image", "string", "dictionary", ...
     shape: tuple[int, ...] = ()
     dtype: str = ""
     color_space: str = ""
+    shapes: tuple[tuple[int, ...], ...] = ()
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes a multi-array input takes (its enumerated first dimensions, or
+        its default one); empty for a ranged batch."""
+        if self.shapes:
+            return tuple(sorted({shape[0] for shape in self.shapes}))
+        if self.ranges:
+            return ()
+        return (self.shape[0],) if self.shape else ()
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """MILError unless Core ML would accept an input of ``shape`` for this feature."""
+        if self.kind != "tensor":
+            return
+        if self.shapes:
+            if shape not in self.shapes:
+                raise MILError(
+                    f"input {self.name!r}: shape {shape} is not one of the model's enumerated "
+                    f"shapes {', '.join(map(str, self.shapes))}"
+                )
+        elif self.ranges:
+            fits = len(shape) == len(self.ranges) and all(
+                low <= n and (high < 0 or n <= high) for n, (low, high) in zip(shape, self.ranges)
+            )
+            if not fits:
+                raise MILError(f"input {self.name!r}: shape {shape} is outside {self.ranges}")
+        elif shape != self.shape:
+            raise MILError(f"input {self.name!r}: shape {shape}, the model takes {self.shape}")
 
 
 @dataclass
@@ -32,10 +68,17 @@ class ModelPackage:
     inputs: list[Feature] = field(default_factory=list)
     outputs: list[Feature] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: a classifier's label and probability-dictionary outputs (empty strings otherwise)
+    predicted_feature: str = ""
+    predicted_probabilities: str = ""
 
     @property
     def is_ml_program(self) -> bool:
         return self.spec.WhichOneof("Type") == "mlProgram"
+
+    @property
+    def is_classifier(self) -> bool:
+        return bool(self.predicted_feature)
 
 
 def spec_file(package: Path) -> Path:
@@ -79,6 +122,8 @@ def read_package(package: str | Path) -> ModelPackage:
         inputs=[_feature(f) for f in description.input],
         outputs=[_feature(f) for f in description.output],
         metadata=dict(description.metadata.userDefined),
+        predicted_feature=description.predictedFeatureName,
+        predicted_probabilities=description.predictedProbabilitiesName,
     )
 
 
@@ -93,8 +138,18 @@ def _feature(feature: Any) -> Feature:
     if kind == "multiArrayType":
         array = feature.type.multiArrayType
         dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType)
-        return Feature(feature.name, "tensor", tuple(array.shape), dtype.lower())
-    return Feature(feature.name, kind or "unknown")
+        flexible = array.WhichOneof("ShapeFlexibility")
+        shapes: tuple[tuple[int, ...], ...] = ()
+        ranges: tuple[tuple[int, int], ...] = ()
+        if flexible == "enumeratedShapes":
+            shapes = tuple(tuple(s.shape) for s in array.enumeratedShapes.shapes)
+        elif flexible == "shapeRange":
+            ranges = tuple((r.lowerBound, r.upperBound) for r in array.shapeRange.sizeRanges)
+        return Feature(
+            feature.name, "tensor", tuple(array.shape), dtype.lower(), shapes=shapes, ranges=ranges
+        )
+    names = {"stringType": "string", "dictionaryType": "dictionary", "int64Type": "int64"}
+    return Feature(feature.name, names.get(kind, kind or "unknown"))
 
 
 # -- static checks on the program ---------------------------------------------------------------

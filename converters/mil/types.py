@@ -33,10 +33,23 @@ STORED = {"fp16": np.float16, "int8": np.int8, "uint8": np.uint8}
 
 @dataclass(frozen=True)
 class TensorType:
-    """A value's declared type: short dtype name (fp16, int8, ...) and static shape."""
+    """A value's declared type: short dtype name (fp16, int8, ...) and shape.
+
+    ``shape`` is None for values that are not tensors (lists, dictionaries); a dimension is
+    None where the program leaves it unknown (a flexible batch: enumerated or ranged input
+    shapes, checked against the model description when the program runs).
+    """
 
     dtype: str
-    shape: tuple[int, ...] | None  # None: not a tensor (e.g. a list or tuple)
+    shape: tuple[int | None, ...] | None
+
+    def matches(self, shape: tuple[int, ...]) -> bool:
+        """Whether a computed ``shape`` fits this type (unknown dimensions fit any size)."""
+        if self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(
+            want is None or want == got for want, got in zip(self.shape, shape)
+        )
 
     @property
     def numpy(self) -> Any:
@@ -56,16 +69,15 @@ def dtype_name(code: int) -> str:
 
 
 def value_type(proto_type: Any) -> TensorType:
-    """TensorType of a MIL ValueType proto (static shapes only)."""
+    """TensorType of a MIL ValueType proto (unknown dimensions are None)."""
     kind = proto_type.WhichOneof("type")
     if kind != "tensorType":
         return TensorType(kind or "none", None)
     tensor = proto_type.tensorType
-    dims = []
+    dims: list[int | None] = []
     for dim in tensor.dimensions:
-        if dim.WhichOneof("dimension") != "constant":
-            raise MILError("the ML program has a dynamic (unknown) dimension")
-        dims.append(int(dim.constant.size))
+        known = dim.WhichOneof("dimension") == "constant"
+        dims.append(int(dim.constant.size) if known else None)
     if len(dims) != tensor.rank:
         raise MILError("the ML program declares a tensor of unknown shape")
     return TensorType(dtype_name(tensor.dataType), tuple(dims))
@@ -81,8 +93,15 @@ def decode_value(value: Any, blobs: BlobCache) -> Any:
     """A MIL Value proto -> numpy array (rank >= 0), str, or list of them."""
     kind = value.WhichOneof("value")
     vtype = value_type(value.type)
+    if vtype.dtype == "listType" and kind == "immediateValue":
+        # e.g. the class labels of a classify op
+        if value.immediateValue.WhichOneof("value") != "list":
+            raise MILError("list constant without a list value")
+        return [decode_value(item, blobs) for item in value.immediateValue.list.values]
     if vtype.shape is None:
         raise MILError(f"constant of type {vtype.dtype} is not supported")
+    if None in vtype.shape:
+        raise MILError("constant of unknown shape")
     if kind == "blobFileValue":
         ref = value.blobFileValue
         count = int(np.prod(vtype.shape, dtype=np.int64))
