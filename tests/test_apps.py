@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import CIFAR10_CLASSES, run_cli
 from PIL import Image
 
 from restv2_edge.golden import read_golden
@@ -34,6 +34,8 @@ ANDROID_MAIN = REPO / "apps" / "android" / "app" / "src" / "main" / "java"
 ANDROID_TEST = REPO / "apps" / "android" / "app" / "src" / "test" / "java"
 CORE = ANDROID_MAIN / "org" / "restv2edge" / "demo" / "core"
 COPY_EXPORT = REPO / "apps" / "scripts" / "copy-export.py"
+CIFAR10_PHOTOS = REPO / "apps" / "scripts" / "cifar10-photos.py"
+CIFAR10_TABLE = REPO / "apps" / "scripts" / "cifar10-imagenet.tsv"
 JAVA_LIBS = Path(os.environ.get("RESTV2_JAVA_LIBS", "/usr/share/java"))
 JUNIT_CONSOLE = JAVA_LIBS / "junit-platform-console-standalone.jar"
 JUNIT_COMPILE = ["junit-jupiter-api.jar", "apiguardian-api.jar", "opentest4j.jar"]
@@ -217,21 +219,46 @@ def test_web_modules_under_node(which, request):
     assert re.search(r"^# skipped 0$", result.stdout, re.M), result.stdout
 
 
-def _e2e(golden: Path, model: Path, work: Path, name: str) -> dict:
+def _e2e(golden: Path, model: Path, work: Path, name: str, *extra: str, ok: bool = True) -> dict:
+    """Run apps/web/tests/e2e.mjs; ``extra``: --webgpu, --ep MODE. ``ok``: it must pass."""
     report = work / f"{name}-report.json"
     screenshot = work / f"{name}.png"
     paths = ["--golden", golden, "--model", model, "--report", report, "--screenshot", screenshot]
     result = subprocess.run(
-        ["node", "tests/e2e.mjs", *map(str, paths)],
+        ["node", "tests/e2e.mjs", *map(str, paths), *extra],
         cwd=WEB,
         capture_output=True,
         text=True,
         timeout=300,
     )
     print(result.stdout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if ok:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.is_file(), result.stdout + result.stderr
     return json.loads(report.read_text())
+
+
+def _check_backend(report: dict, mode: str = "auto") -> str:
+    """The provider the page runs on follows what the browser itself reports about WebGPU
+    (the e2e test asks navigator.gpu.requestAdapter() on a blank page first), and the page says
+    it. Returns the provider, for the caller's own expectation."""
+    probe, backend = report["webgpuProbe"], report["backend"]
+    adapter = probe["adapter"]
+    print(f"WebGPU probe: {probe}; page: {backend['shown']}")
+    assert backend["shownEp"] == backend["ep"]
+    if mode == "webgpu" or (mode == "auto" and adapter and not adapter["isFallbackAdapter"]):
+        assert backend["ep"] == "webgpu" and backend["shown"].startswith("Runs on WebGPU")
+        assert "(WebGPU)" in report["modelInfo"]
+        return "webgpu"
+    assert backend["ep"] == "wasm" and "(wasm, " in report["modelInfo"]
+    reason = backend["fallbackReason"]
+    assert reason and f"WebGPU not used: {reason}" in backend["shown"]
+    if adapter is None:  # the browser has no adapter: the page says so
+        assert "requestAdapter() returned no adapter" in reason or not probe["navigatorGpu"]
+    elif mode == "auto":  # a software adapter only: declined, and said so
+        assert "software" in reason and adapter["architecture"] in reason
+    return "wasm"
 
 
 def _check_against_golden(report: dict, golden: Path) -> None:
@@ -260,7 +287,10 @@ def test_web_page_in_chromium(golden_onnx, onnx_export, work):
     assert copied.returncode == 0, copied.stderr
     report = _e2e(golden_onnx, model, work, "web-onnx")
     _check_against_golden(report, golden_onnx)
+    # Chromium as the tests start it (--disable-gpu) offers no WebGPU adapter: wasm, reason shown
+    _check_backend(report)
     assert {image["via"] for image in report["images"]} == {"file input", "drop"}
+    assert len(report["history"]) == len(read_golden(golden_onnx)["images"])
     # Chromium decodes these JPEGs exactly as Pillow does: the tensors are identical
     assert max(image["maxInputDiff"] for image in report["images"]) == 0.0
     message = report["checks"]["nonImage"]["message"]
@@ -268,11 +298,32 @@ def test_web_page_in_chromium(golden_onnx, onnx_export, work):
 
 
 def test_web_page_on_odd_sizes_and_decoders(golden_edge, onnx_export, work):
+    """Also the WebGPU decision where Chromium offers an adapter (--enable-unsafe-webgpu): here,
+    without a GPU, SwiftShader's software adapter, which the page declines for wasm, saying why;
+    with a GPU adapter the page must run on WebGPU and still match the golden vectors."""
     _need_web(browser=True)
-    report = _e2e(golden_edge, onnx_export, work, "web-edge")
+    report = _e2e(golden_edge, onnx_export, work, "web-edge", "--webgpu")
     _check_against_golden(report, golden_edge)
+    _check_backend(report)
     # no colour management and no resampling in the browser path: ICC, grey and PNG all exact
     assert max(image["maxInputDiff"] for image in report["images"]) == 0.0
+
+
+@pytest.mark.slow
+def test_web_page_on_webgpu(golden_onnx, onnx_export, work):
+    """?ep=webgpu: the WebGPU execution provider on whatever adapter Chromium offers (without a
+    GPU: SwiftShader, a software WebGPU, about a minute on 2 shared cores), against the golden
+    vectors; where Chromium offers no adapter at all, the page refuses with the reason."""
+    _need_web(browser=True)
+    report = _e2e(golden_onnx, onnx_export, work, "web-webgpu", "--webgpu", "--ep", "webgpu",
+                  ok=False)  # fmt: skip
+    if report["webgpuProbe"]["adapter"] is None:
+        print(f"no WebGPU adapter in this Chromium: {report['webgpuProbe']}")
+        assert report["failures"] == [f"model did not load: {report['loadError']}"]
+        assert report["loadError"].startswith("WebGPU was requested (?ep=webgpu) but ")
+        return
+    assert _check_backend(report, mode="webgpu") == "webgpu"
+    _check_against_golden(report, golden_onnx)
 
 
 @pytest.mark.slow
@@ -288,6 +339,84 @@ def test_web_page_runs_an_fp16_export(tiny_checkpoint, photo_dir, work):
     report = _e2e(golden, work / "export-onnx-fp16", work, "web-fp16")
     _check_against_golden(report, golden)
     assert "fp16" in report["modelInfo"]
+
+
+def test_web_page_refuses_webgpu_without_adapter(golden_onnx, onnx_export, work):
+    """?ep=webgpu where Chromium offers no adapter (--disable-gpu): no silent fallback."""
+    _need_web(browser=True)
+    report = _e2e(golden_onnx, onnx_export, work, "web-nogpu", "--ep", "webgpu", ok=False)
+    assert report["webgpuProbe"]["adapter"] is None, report["webgpuProbe"]
+    assert report["loadError"] == (
+        "WebGPU was requested (?ep=webgpu) but navigator.gpu.requestAdapter() returned no "
+        "adapter (no usable GPU, or WebGPU is disabled for it in this browser)"
+    )
+    assert report["images"] == [] and report["modelInfo"] == "No model loaded."
+
+
+# -- apps/scripts: the demo photos and the screenshot -----------------------------------------
+
+
+def _photos(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CIFAR10_PHOTOS), *map(str, args)], capture_output=True, text=True
+    )
+
+
+def _table_rows() -> list[list[str]]:
+    """cifar10-imagenet.tsv: [cifar10, imagenet_index, synset, imagenet_name] rows."""
+    lines = [line for line in CIFAR10_TABLE.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == "cifar10\timagenet_index\tsynset\timagenet_name"
+    return [line.split("\t") for line in lines[1:]]
+
+
+def test_cifar10_photo_table_matches_imagenet(shared_data):
+    """Every row of cifar10-imagenet.tsv names a real ImageNet-1k class (index, synset, name
+    as in the shared classes.tsv), and the CIFAR-10 classes are the fixture's own labels."""
+    classes = {}
+    for line in (shared_data / "imagenet-sample" / "classes.tsv").read_text().splitlines()[1:]:
+        index, synset, name = line.split("\t")
+        classes[synset] = (int(index), name)
+    rows = _table_rows()
+    assert len(rows) > 100
+    for cifar, index, synset, name in rows:
+        assert cifar in CIFAR10_CLASSES
+        assert classes[synset] == (int(index), name), synset
+    assert len({synset for _, _, synset, _ in rows}) == len(rows)
+
+
+def test_cifar10_photos_pick_one_per_class(photo_dir, tmp_path):
+    out = tmp_path / "photos"
+    result = _photos("pick", out, "--data", photo_dir)
+    assert result.returncode == 0, result.stderr
+    table = {synset: cifar for cifar, _, synset, _ in _table_rows()}
+    picked = sorted(out.iterdir())
+    classes = [table[p.name.split("_", 1)[0]] for p in picked]
+    # the sample (even ImageNet indices) has no horse (sorrel is 339) and ImageNet has no deer
+    assert sorted(classes) == sorted(set(CIFAR10_CLASSES) - {"horse", "deer"})
+    assert all(p.is_symlink() and p.resolve().parent == photo_dir.resolve() for p in picked)
+    listed = _photos("list", "--data", photo_dir).stdout.split()
+    assert {p.resolve() for p in picked} <= {Path(p).resolve() for p in listed}
+    assert _photos("pick", out, "--data", photo_dir).returncode == 1  # never into an existing one
+
+
+@pytest.mark.slow
+def test_web_screenshot_pipeline(fixture_checkpoint, shared_data, tmp_path):
+    """apps/scripts/web-screenshot.sh end to end: fixture export, copy, golden, page, score."""
+    _need_web(browser=True)
+    png = tmp_path / "demo.png"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this restv2-edge
+    result = subprocess.run(
+        ["bash", str(REPO / "apps" / "scripts" / "web-screenshot.sh"), str(fixture_checkpoint),
+         str(png)],
+        capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "PATH": path},
+    )  # fmt: skip
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "10 passed, 0 failed" in result.stdout
+    listed = len(_photos("list").stdout.split())
+    assert re.search(rf"for \d+ of {listed} photos", result.stdout), result.stdout
 
 
 # -- apps/scripts/copy-export.py --------------------------------------------------------------

@@ -1,6 +1,7 @@
-// The page: load manifest.json + the ONNX model, classify a dropped or chosen image.
+// The page: load manifest.json + the ONNX model, classify dropped or chosen images.
 // The model folder is ./model/ (python3 apps/scripts/copy-export.py puts an export there) or ?model=URL.
-import * as ort from "../node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
+// The execution provider: WebGPU where the browser offers it, else wasm (?ep=auto|webgpu|wasm).
+import { createSession, describeAdapter, MODES } from "./backend.js";
 import { parseManifest } from "./manifest.js";
 import { preprocessRGB, rgbaToRgb } from "./preprocess.js";
 import { topK } from "./topk.js";
@@ -9,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const EXTERNAL_DATA = [".data", ".onnx_data", ".onnx.data"];
 
 // Exposed for curious users and for the end-to-end test (tests/e2e.mjs).
-const demo = { spec: null, session: null, seq: 0, last: null, error: null };
+const demo = { spec: null, ort: null, session: null, backend: null, seq: 0, last: null, error: null, history: [] };
 window.restv2Demo = demo;
 
 class UserError extends Error {}
@@ -31,6 +32,12 @@ function clearError() {
   demo.error = null;
   $("error").hidden = true;
   $("error").textContent = "";
+}
+
+function requestedMode() {
+  const mode = new URLSearchParams(location.search).get("ep") || "auto";
+  if (!MODES.includes(mode)) throw new UserError(`?ep=${mode} is not one of ${MODES.join(", ")}`);
+  return mode;
 }
 
 function modelBase() {
@@ -82,21 +89,47 @@ async function loadModel() {
   const externalData = (raw.files || [])
     .filter((f) => f.path !== spec.modelFile && EXTERNAL_DATA.some((s) => f.path.endsWith(s)))
     .map((f) => ({ path: f.path, data: new URL(f.path, base).href }));
-  const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+  const options = { graphOptimizationLevel: "all" };
   if (externalData.length) options.externalData = externalData;
-  const session = await ort.InferenceSession.create(bytes, options);
-  // one warm-up run so the latency shown for the first photo is a steady-state number
+  // one warm-up run checks the session works on its provider, and makes the latency shown for
+  // the first photo a steady-state number
   const size = spec.inputShape.reduce((a, b) => a * b, 1);
-  await session.run({ [spec.inputName]: new ort.Tensor("float32", new Float32Array(size), spec.inputShape) });
-  demo.spec = spec;
-  demo.session = session;
-  // wasm threads need a cross-origin isolated page (COOP/COEP headers); otherwise one thread
-  const threads = globalThis.crossOriginIsolated ? ort.env.wasm.numThreads || 1 : 1;
-  demo.runtime = `onnxruntime-web ${ort.env.versions?.web ?? ""} (wasm, ${threads} thread${threads > 1 ? "s" : ""})`;
+  const zeros = (ort) => ({
+    [spec.inputName]: new ort.Tensor("float32", new Float32Array(size), spec.inputShape),
+  });
+  let created;
+  try {
+    created = await createSession(bytes, options, requestedMode(), zeros);
+  } catch (err) {
+    throw new UserError(err.message);
+  }
+  Object.assign(demo, { spec, ...created });
+  demo.runtime = runtimeName(created.ort, created.backend);
+  showBackend(created.backend);
   $("model-info").textContent =
     `${spec.variant ? `ResTv2-${spec.variant}` : "ResTv2"} · ${spec.precision} · ` +
     `${spec.imageSize}×${spec.imageSize} · ${spec.numClasses} classes · ${demo.runtime}` +
     (verified ? " · sha256 ✓" : "");
+}
+
+function runtimeName(ort, backend) {
+  const version = `onnxruntime-web ${ort.env.versions?.web ?? ""}`;
+  if (backend.ep === "webgpu") return `${version} (WebGPU)`;
+  // wasm threads need a cross-origin isolated page (COOP/COEP headers); otherwise one thread
+  const threads = globalThis.crossOriginIsolated ? ort.env.wasm.numThreads || 1 : 1;
+  return `${version} (wasm, ${threads} thread${threads > 1 ? "s" : ""})`;
+}
+
+/** Say which provider runs the model and, for wasm, why not WebGPU. */
+function showBackend(backend) {
+  const line = $("backend");
+  line.dataset.ep = backend.ep;
+  if (backend.ep === "webgpu") {
+    line.textContent = `Runs on WebGPU: ${describeAdapter(backend.adapter)}.`;
+  } else {
+    line.textContent = `Runs on wasm (CPU). WebGPU not used: ${backend.fallbackReason}.`;
+  }
+  line.hidden = false;
 }
 
 async function decode(file) {
@@ -121,32 +154,62 @@ async function decode(file) {
   return { rgb: rgbaToRgb(data), width, height };
 }
 
-function render(file, top5, timings) {
+const HISTORY_LIMIT = 24;
+
+/** The big view: the photo and its top-5. */
+function render(entry) {
+  for (const button of document.querySelectorAll("#history-list button")) {
+    button.setAttribute("aria-current", String(button.dataset.id === String(entry.id)));
+  }
   const preview = $("preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
-  preview.src = URL.createObjectURL(file);
-  preview.alt = file.name;
+  preview.src = entry.url;
+  preview.alt = entry.name;
   preview.hidden = false;
   const list = $("top5");
   list.replaceChildren(
-    ...top5.map((entry) => {
-      const item = document.createElement("li");
+    ...entry.top5.map((item) => {
+      const row = document.createElement("li");
       const label = document.createElement("span");
-      label.textContent = entry.label;
+      label.textContent = item.label;
       const prob = document.createElement("span");
       prob.className = "prob";
-      prob.textContent = `${(entry.probability * 100).toFixed(2)}%`;
+      prob.textContent = `${(item.probability * 100).toFixed(2)}%`;
       const bar = document.createElement("span");
       bar.className = "bar";
-      bar.style.width = `${Math.max(0.5, entry.probability * 100)}%`;
-      item.append(label, prob, bar);
-      return item;
+      bar.style.width = `${Math.max(0.5, item.probability * 100)}%`;
+      row.append(label, prob, bar);
+      return row;
     }),
   );
   $("latency").textContent =
-    `inference ${timings.inferenceMs.toFixed(1)} ms · preprocessing ` +
-    `${timings.preprocessMs.toFixed(1)} ms · ${file.name}`;
+    `inference ${entry.inferenceMs.toFixed(1)} ms · preprocessing ` +
+    `${entry.preprocessMs.toFixed(1)} ms · ${entry.name}`;
   $("results").hidden = false;
+}
+
+/** Every photo classified on this page, each with its top-1; a click shows its top-5 again. */
+function remember(entry) {
+  demo.history.push(entry);
+  if (demo.history.length > HISTORY_LIMIT) URL.revokeObjectURL(demo.history.shift().url);
+  const items = demo.history.map((item) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = item.name;
+    button.dataset.id = String(item.id);
+    button.addEventListener("click", () => render(item));
+    const thumb = document.createElement("img");
+    thumb.src = item.url;
+    thumb.alt = item.name;
+    const caption = document.createElement("span");
+    const best = item.top5[0];
+    caption.textContent = `${best.label} ${(best.probability * 100).toFixed(0)}%`;
+    button.append(thumb, caption);
+    const li = document.createElement("li");
+    li.append(button);
+    return li;
+  });
+  $("history-list").replaceChildren(...items);
+  $("history").hidden = false;
 }
 
 async function classify(file) {
@@ -154,10 +217,12 @@ async function classify(file) {
   const { rgb, width, height } = await decode(file);
   const t0 = performance.now();
   const { tensor } = preprocessRGB(rgb, width, height, spec);
-  const batch = new Float32Array(tensor.length * spec.batchSize); // static batch: pad with zeros
+  // a static batch is padded with zeros; a dynamic batch takes the one image
+  const shape = spec.dynamicBatch ? [1, ...spec.inputShape.slice(1)] : spec.inputShape;
+  const batch = new Float32Array(tensor.length * shape[0]);
   batch.set(tensor);
   const t1 = performance.now();
-  const feeds = { [spec.inputName]: new ort.Tensor("float32", batch, spec.inputShape) };
+  const feeds = { [spec.inputName]: new demo.ort.Tensor("float32", batch, shape) };
   const outputs = await demo.session.run(feeds);
   const t2 = performance.now();
   const output = outputs[spec.outputName] ?? outputs[demo.session.outputNames[0]];
@@ -166,7 +231,9 @@ async function classify(file) {
   const top5 = topK(logits, spec.labels, 5);
   const timings = { preprocessMs: t1 - t0, inferenceMs: t2 - t1 };
   demo.last = { name: file.name, width, height, top5, logits, input: tensor, ...timings };
-  render(file, top5, timings);
+  const entry = { id: demo.seq, name: file.name, url: URL.createObjectURL(file), top5, ...timings };
+  remember(entry);
+  render(entry);
 }
 
 async function handle(file) {
@@ -185,12 +252,17 @@ async function handle(file) {
   }
 }
 
+/** Several files are classified one after the other. */
+async function handleAll(files) {
+  for (const file of files) await handle(file);
+}
+
 function wire() {
   const drop = $("drop");
   $("file").addEventListener("change", (event) => {
-    const file = event.target.files[0];
+    const files = Array.from(event.target.files);
     event.target.value = "";
-    if (file) handle(file);
+    handleAll(files);
   });
   drop.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -200,9 +272,9 @@ function wire() {
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
-    const file = event.dataTransfer?.files?.[0];
-    if (file) {
-      handle(file);
+    const files = Array.from(event.dataTransfer?.files ?? []);
+    if (files.length) {
+      handleAll(files);
     } else {
       showError("Drop an image file (from your files, not a link or text).");
     }

@@ -49,6 +49,8 @@ export function parseManifest(manifest) {
     outputName: output.name,
     inputShape: input.shape.slice(),
     batchSize: input.shape[0],
+    // the batch dimension is symbolic: one image runs as batch 1, no padding
+    dynamicBatch: input.dynamic_batch === true,
     layout,
     imageSize,
     resizeSize,

@@ -1,11 +1,21 @@
 // End-to-end test of the page in headless Chromium (playwright-core, the system's Chromium).
 //
 //   node tests/e2e.mjs --golden GOLDEN_DIR --model ARTIFACT_DIR [--screenshot PNG] [--report JSON]
+//                      [--ep auto|webgpu|wasm] [--webgpu]
 //
 // Serves this folder on 127.0.0.1 (the artifact under /model/), opens the page, classifies every
 // golden photo through the real file input (and the first once more by drag and drop), and checks
 // the page's top-5 against the golden vectors: top-1 identical, each golden top-5 probability
-// within 1e-3. A text file must produce a readable "not an image" message. Exit code 0 = passed.
+// within 1e-3. A text file must produce a readable "not an image" message. The screenshot is
+// taken once every photo went through the file input.
+//
+// Execution provider: the page is opened with ?ep=MODE (default auto). Before that, the test asks
+// the browser itself for a WebGPU adapter (navigator.gpu.requestAdapter() on a blank page of the
+// same origin) and records the answer; with auto, the page must run on WebGPU when a GPU adapter
+// exists and on wasm, with the reason shown, when none does or the only one is a software
+// adapter; with webgpu it must run on WebGPU on any adapter. --webgpu starts Chromium with
+// --enable-unsafe-webgpu (which offers SwiftShader's software WebGPU adapter on a machine
+// without a GPU) instead of --disable-gpu. Exit code 0 = passed.
 import { createReadStream, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { basename, dirname, extname, join, normalize, resolve, sep } from "node:path";
@@ -17,7 +27,6 @@ import { loadGolden } from "./golden.mjs";
 const PROB_TOL = 1e-3;
 const CHROMIUM_FLAGS = [
   "--no-sandbox",
-  "--disable-gpu",
   "--disable-quic",
   "--no-first-run",
   "--disable-background-networking",
@@ -44,6 +53,8 @@ const { values: args } = parseArgs({
     screenshot: { type: "string" },
     report: { type: "string" },
     timeout: { type: "string", default: "60000" },
+    ep: { type: "string", default: "auto" },
+    webgpu: { type: "boolean", default: false },
   },
 });
 if (!args.golden || !args.model) {
@@ -72,6 +83,51 @@ function serve() {
     createReadStream(file).pipe(res);
   });
   return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
+}
+
+/** What the browser itself says about WebGPU on this origin, independently of the page's code. */
+async function probeWebGPU(page, origin) {
+  await page.goto(`${origin}/tests/blank.html`);
+  return page.evaluate(async () => {
+    const probe = { secureContext: isSecureContext, navigatorGpu: Boolean(navigator.gpu), adapter: null };
+    if (!navigator.gpu) return probe;
+    try {
+      const adapter = await navigator.gpu.requestAdapter();
+      if (adapter) {
+        const info = adapter.info || {};
+        probe.adapter = {
+          vendor: info.vendor,
+          architecture: info.architecture,
+          description: info.description,
+          isFallbackAdapter: Boolean(info.isFallbackAdapter),
+        };
+      }
+    } catch (err) {
+      probe.error = String(err);
+    }
+    return probe;
+  });
+}
+
+/** The provider the page runs on must be the one the browser's answer calls for, and be shown. */
+function checkBackend(backend, probe, mode) {
+  const problems = [];
+  if (!backend) return ["the page exposes no backend"];
+  if (backend.shownEp !== backend.ep) problems.push(`page shows ${backend.shownEp}, runs ${backend.ep}`);
+  if (!backend.shown.includes(backend.ep === "webgpu" ? "WebGPU" : "wasm")) {
+    problems.push(`the page does not say which provider it runs on: "${backend.shown}"`);
+  }
+  if (backend.ep === "wasm" && !(backend.fallbackReason && backend.shown.includes(backend.fallbackReason))) {
+    problems.push(`fell back to wasm without showing why: "${backend.shown}"`);
+  }
+  // auto takes a GPU adapter, not a software one; webgpu takes any adapter; wasm never WebGPU
+  const gpu = probe.adapter && !probe.adapter.isFallbackAdapter;
+  const expected = mode === "webgpu" || (mode === "auto" && gpu) ? "webgpu" : "wasm";
+  if (backend.ep !== expected) {
+    problems.push(`runs on ${backend.ep}, expected ${expected} (adapter: ${JSON.stringify(probe.adapter)}; ` +
+      `reason: ${backend.fallbackReason})`);
+  }
+  return problems;
 }
 
 async function waitFor(page, seq, timeout) {
@@ -143,76 +199,101 @@ function check(image, result) {
   };
 }
 
+/** Open the page and wait until the model loaded or failed: what it says and runs on. */
+async function loadPage(page, url, timeout) {
+  await page.goto(url);
+  await page.waitForSelector('#status[data-state="ready"], #status[data-state="failed"]', { timeout });
+  return page.evaluate(() => {
+    const line = document.getElementById("backend");
+    const backend = window.restv2Demo.backend;
+    return {
+      state: document.getElementById("status").dataset.state,
+      error: window.restv2Demo.error,
+      info: document.getElementById("model-info").textContent,
+      backend: backend && { ...backend, shown: line.textContent, shownEp: line.dataset.ep },
+    };
+  });
+}
+
+/** Every golden photo through the file input, the first once more by drag and drop, a text file. */
+async function classifyPhotos(page, golden, report, timeout) {
+  let seq = 0;
+  for (const image of golden.images) {
+    await page.setInputFiles("#file", image.photoPath);
+    const outcome = check(image, await waitFor(page, ++seq, timeout));
+    report.images.push({ name: image.name, via: "file input", ...outcome });
+    for (const p of outcome.problems) report.failures.push(`${image.name}: ${p}`);
+  }
+  report.history = await page.evaluate(() =>
+    Array.from(document.querySelectorAll("#history-list li"), (li) => li.textContent),
+  );
+  if (report.history.length !== golden.images.length) {
+    report.failures.push(`history lists ${report.history.length} photos, not ${golden.images.length}`);
+  }
+  if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
+
+  const first = golden.images[0];
+  const bytes = readFileSync(first.photoPath).toString("base64");
+  const dataTransfer = await page.evaluateHandle(
+    ([b64, name]) => {
+      const raw = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([raw], name, { type: "image/jpeg" }));
+      return dt;
+    },
+    [bytes, basename(first.photoPath)],
+  );
+  await page.dispatchEvent("#drop", "drop", { dataTransfer });
+  const dropped = check(first, await waitFor(page, ++seq, timeout));
+  report.images.push({ name: first.name, via: "drop", ...dropped });
+  for (const p of dropped.problems) report.failures.push(`${first.name} (drop): ${p}`);
+
+  // a file that is not an image: a readable message, no results
+  await page.setInputFiles("#file", {
+    name: "notes.txt",
+    mimeType: "text/plain",
+    buffer: Buffer.from("this is not an image\n"),
+  });
+  const bad = await waitFor(page, ++seq, timeout);
+  report.checks.nonImage = { state: bad.state, message: bad.error, shown: bad.errorShown };
+  if (bad.state !== "error" || !bad.errorShown || !/not an image/i.test(bad.error || "")) {
+    report.failures.push(`non-image file: expected a readable error, got ${JSON.stringify(bad)}`);
+  }
+}
+
 async function main() {
   const timeout = Number(args.timeout);
   const golden = loadGolden(args.golden);
   const server = await serve();
-  const url = `http://127.0.0.1:${server.address().port}/index.html?model=/model/`;
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const url = `${origin}/index.html?model=/model/&ep=${encodeURIComponent(args.ep)}`;
+  const flags = [...CHROMIUM_FLAGS, args.webgpu ? "--enable-unsafe-webgpu" : "--disable-gpu"];
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
     headless: true,
-    args: CHROMIUM_FLAGS,
+    args: flags,
   });
-  const report = { url, browser: `Chromium ${browser.version()}`, images: [], checks: {}, failures: [] };
+  const report = { url, browser: `Chromium ${browser.version()}`, flags, images: [], checks: {}, failures: [] };
   try {
     const page = await browser.newPage({ viewport: { width: 900, height: 760 } });
     const consoleErrors = [];
     page.on("pageerror", (err) => consoleErrors.push(String(err)));
-    await page.goto(url);
-    await page.waitForSelector('#status[data-state="ready"], #status[data-state="failed"]', { timeout });
-    const loaded = await page.evaluate(() => ({
-      state: document.getElementById("status").dataset.state,
-      error: window.restv2Demo.error,
-      info: document.getElementById("model-info").textContent,
-    }));
-    report.modelInfo = loaded.info;
-    if (loaded.state !== "ready") throw new Error(`model did not load: ${loaded.error}`);
-
-    let seq = 0;
-    for (const image of golden.images) {
-      await page.setInputFiles("#file", image.photoPath);
-      const result = await waitFor(page, ++seq, timeout);
-      const outcome = check(image, result);
-      report.images.push({ name: image.name, via: "file input", ...outcome });
-      for (const p of outcome.problems) report.failures.push(`${image.name}: ${p}`);
-      if (seq === 1 && args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
-    }
-
-    // the same first photo by drag and drop onto the drop zone
-    const first = golden.images[0];
-    const bytes = readFileSync(first.photoPath).toString("base64");
-    const dataTransfer = await page.evaluateHandle(
-      ([b64, name]) => {
-        const raw = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-        const dt = new DataTransfer();
-        dt.items.add(new File([raw], name, { type: "image/jpeg" }));
-        return dt;
-      },
-      [bytes, basename(first.photoPath)],
-    );
-    await page.dispatchEvent("#drop", "drop", { dataTransfer });
-    const dropped = check(first, await waitFor(page, ++seq, timeout));
-    report.images.push({ name: first.name, via: "drop", ...dropped });
-    for (const p of dropped.problems) report.failures.push(`${first.name} (drop): ${p}`);
-
-    // a file that is not an image: a readable message, no results
-    await page.setInputFiles("#file", {
-      name: "notes.txt",
-      mimeType: "text/plain",
-      buffer: Buffer.from("this is not an image\n"),
-    });
-    const bad = await waitFor(page, ++seq, timeout);
-    report.checks.nonImage = { state: bad.state, message: bad.error, shown: bad.errorShown };
-    if (bad.state !== "error" || !bad.errorShown || !/not an image/i.test(bad.error || "")) {
-      report.failures.push(`non-image file: expected a readable error, got ${JSON.stringify(bad)}`);
+    report.webgpuProbe = await probeWebGPU(page, origin);
+    const loaded = await loadPage(page, url, timeout);
+    Object.assign(report, { modelInfo: loaded.info, backend: loaded.backend, loadError: loaded.error });
+    if (loaded.state === "ready") {
+      for (const p of checkBackend(loaded.backend, report.webgpuProbe, args.ep)) report.failures.push(p);
+      await classifyPhotos(page, golden, report, timeout);
+    } else {
+      // the report says why (e.g. ?ep=webgpu where the browser has no adapter)
+      report.failures.push(`model did not load: ${loaded.error}`);
     }
     if (consoleErrors.length) report.failures.push(`page errors: ${consoleErrors.join("; ")}`);
   } finally {
     await browser.close();
     server.close();
   }
-  const text = JSON.stringify(report, null, 2);
-  if (args.report) writeFileSync(args.report, text + "\n");
+  if (args.report) writeFileSync(args.report, JSON.stringify(report, null, 2) + "\n");
   for (const image of report.images) {
     console.log(
       `${image.problems.length ? "FAIL" : "ok  "} ${image.name} (${image.via}): top-1 ${image.topPage?.[0]?.[1]}, ` +
@@ -222,6 +303,7 @@ async function main() {
   }
   console.log(`non-image file: ${report.checks.nonImage?.message}`);
   console.log(`${report.browser}; ${report.modelInfo}`);
+  console.log(`WebGPU adapter: ${JSON.stringify(report.webgpuProbe?.adapter ?? null)}; page: ${report.backend?.shown}`);
   const passed = report.failures.length === 0;
   for (const f of report.failures) console.log(`FAIL ${f}`);
   const total = report.images.length + 1;
