@@ -10,6 +10,12 @@ Differences in structure, not in function:
   for the key mapping to the official layout.
 - The V-upsampling branch (depthwise 3x3 conv + pixel shuffle) has a static factor and grid.
 
+Two heads (``HEADS``): ``classifier`` (the official ``models/rest_v2.py``) and ``features``,
+the official detection/segmentation backbone (``object_detection/restv2/restv2.py``,
+``semantic_segmentation/backbone/rest_v2.py``): four NCHW stage maps, strides 4..32, each
+through its own channels-first LayerNorm (docs/backbone.md). The input size is one side or
+(height, width), each a multiple of 32.
+
 One set of weights, two graph forms (``GraphForm``), chosen per target by measurement
 (docs/graph-forms.md):
 - ``native``: native LayerNorm, 4-D multi-head matmuls, native pixel shuffle (depth-to-space).
