@@ -3,8 +3,8 @@
 Dynamic reshapes that read shapes at run time, ``nn.PixelShuffle``, a fused ``kv`` linear with
 the 5-D reshape/permute, and the official module names (``stem.proj.0``, ``attn.kv``,
 ``attn.up.0`` ...). Its state dict *is* the official checkpoint layout. ``RefResTV2Backbone``
-is the official detection/segmentation backbone (four maps through channels-first norms). Shares no code with the
-package under test.
+is the official detection/segmentation backbone (four maps through channels-first norms).
+Shares no code with the package under test.
 """
 
 from __future__ import annotations
