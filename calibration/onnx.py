@@ -263,7 +263,9 @@ class OnnxQuantizer:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def logits(self, session: Any, images: np.ndarray) -> np.ndarray:
-        batch = int(session.get_inputs()[0].shape[0])
+        """Logits of ``images`` in chunks of the graph's batch (a symbolic one: 64 at a time)."""
+        first = session.get_inputs()[0].shape[0]
+        batch = first if isinstance(first, int) else min(len(images), 64)
         outs = []
         for start in range(0, len(images) - batch + 1, batch):
             chunk = np.ascontiguousarray(images[start : start + batch], np.float32)
@@ -286,13 +288,14 @@ def rank_layers(quantizer: OnnxQuantizer, images: np.ndarray) -> list[dict[str, 
     return rows
 
 
-def _fp32_onnx(graph: Any, example: Any, work: Path) -> Path:
+def _fp32_onnx(graph: Any, example: Any, work: Path, dynamic_batch: bool = False) -> Path:
     from restv2_edge.converters.base import ExportRequest
     from restv2_edge.converters.onnx import CONVERTER, MODEL_FILE
 
     folder = work / "fp32"
     folder.mkdir()
-    CONVERTER.export(graph, example, folder, ExportRequest(), lambda step: None)
+    request = ExportRequest(dynamic_batch=dynamic_batch)
+    CONVERTER.export(graph, example, folder, request, lambda step: None)
     return folder / MODEL_FILE
 
 
@@ -325,7 +328,8 @@ def export_int8_within_drop(
     progress("sensitivity")
     with tempfile.TemporaryDirectory(prefix="restv2-maxdrop-") as tmp:
         work = Path(tmp)
-        quantizer = OnnxQuantizer(_fp32_onnx(model, example, work), batches, method, work)
+        fp32 = _fp32_onnx(model, example, work, request.dynamic_batch)
+        quantizer = OnnxQuantizer(fp32, batches, method, work)
         trials = []
 
         def top1(exclude: list[str]) -> float:

@@ -11,6 +11,10 @@ ScaledDotProductAttention feeds an Add that is also an output (the one-head stag
 OpenVINO 2026.4, docs/int8.md). NNCF takes no compile options, so ``snippets_disabled``
 adds ``SNIPPETS_MODE=DISABLE`` to its compiles for the duration of ``nncf.quantize``; the
 artifact itself compiles normally.
+
+Batch: NNCF calibrates on batches of the artifact's batch size, and the accuracy checks of
+``--max-drop`` run one image at a time; a static batch above 1 is therefore quantized as a
+dynamic-batch model and reshaped to its static batch afterwards (``static_batch``).
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def _export(
     batches = regroup(calibration_batches(model, request), request.batch_size)
     fp32_request = copy.copy(request)
     fp32_request.precision = "fp32"
+    fp32_request.dynamic_batch = request.dynamic_batch or request.batch_size > 1
     staging = workdir / "fp32"
     staging.mkdir()
     keep = list(request.quantization.keep_float)
@@ -133,6 +138,8 @@ def _export(
             raise
         except Exception as exc:
             raise ExportError(f"nncf.quantize failed: {exc}") from exc
+        if not request.dynamic_batch:
+            static_batch(quantized, example.shape)
         canonical_names(quantized)
         ov.save_model(quantized, str(workdir / MODEL_FILE), compress_to_fp16=False)
     finally:
@@ -162,6 +169,15 @@ def _export(
         **({"max_drop": max_drop} if max_drop is not None else {}),
     )
     return result
+
+
+def static_batch(model: Any, shape: Any) -> None:
+    """Fix the input of ``model`` (in place) to ``shape`` (its static batch), checked static."""
+    from restv2_edge.converters.openvino import check_shapes
+
+    if model.inputs[0].get_partial_shape().is_dynamic:
+        model.reshape({0: [int(d) for d in shape]})
+    check_shapes(model, dynamic_batch=False)
 
 
 def _restore_accuracy(

@@ -11,7 +11,11 @@ The export records the delegation in ``ExportResult.info["delegation"]`` and ref
 (ExportError) a program whose compute-heavy ops (conv, linear, matmul, softmax, norms...)
 are not all inside the delegate: those would run on slow portable kernels.
 
-fp16 is not offered: see docs/graph-forms.md.
+fp16 is not offered: see docs/graph-forms.md. The batch is static (``--batch N``); the
+program is not exported with a symbolic batch.
+
+Devices: the CPU, also named by the backend the artifact was lowered to
+(``export.backend``, ``XnnpackBackend``), when this executorch build has that backend.
 """
 
 from __future__ import annotations
@@ -72,17 +76,23 @@ class ExecuTorchRunner(Runner):
     (``_unsafe_reset_threadpool``): it applies to every ExecuTorch program in the process.
     """
 
-    def __init__(self, path: Path, batch_size: int, threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, batch_size: int, threads: int | None = None, device: str = "CPU"
+    ) -> None:
         import executorch
 
         super().__init__(batch_size)
+        self.device = device
         if threads:
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(int(threads))
         self.program, self.method = load_forward(path)
         version = getattr(executorch, "__version__", None) or executorch_version()
-        self.description = f"ExecuTorch {version} (XNNPACK delegate, executorch.runtime)"
+        self.description = (
+            f"ExecuTorch {version} (XNNPACK delegate on the CPU, executorch.runtime"
+            + (f", device {device})" if device != "CPU" else ")")
+        )
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -173,12 +183,24 @@ class ExecuTorchConverter(Converter):
             info={"backend": BACKEND, "delegation": summary},
         )
 
-    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+    def load(
+        self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
+    ) -> Runner:
         self.check_installed()
+        device = self.check_device(device, manifest)
         path = folder / manifest.model_file
         if not path.is_file():
             raise ArtifactError(f"{folder}: missing {manifest.model_file}")
-        return ExecuTorchRunner(path, manifest.batch_size, threads)
+        return ExecuTorchRunner(path, manifest.batch_size, threads, device)
+
+    def available_devices(self, manifest: Any = None) -> list[str]:
+        """CPU, and the artifact's backend (the manifest's ``export.backend``) where this
+        executorch build registers it: both name the same run, XNNPACK on the CPU."""
+        from executorch.runtime import Runtime
+
+        backend = (manifest.export.get("backend") if manifest is not None else None) or BACKEND
+        registry = Runtime.get().backend_registry
+        return ["CPU", *([backend] if registry.is_available(backend) else [])]
 
 
 def lower(model: Any, example: Any) -> tuple[Any, dict[str, Any]]:

@@ -7,6 +7,9 @@ linear and convolution as float16 with a DEQUANTIZE op in front (ai-edge-quantiz
 casting, LiteRT's fp16 weight scheme): half the file; on a CPU the runtime dequantizes once at
 load and computes in float32, GPU delegates can run it in fp16.
 
+The batch is static (``--batch N``). Devices: the CPU (the XNNPACK delegate) only; GPU and NPU
+delegates are not offered.
+
 The native graph form measured faster in LiteRT than the decomposed one (docs/graph-forms.md).
 The export records how the XNNPACK delegate takes the graph (``export.delegation``).
 """
@@ -38,6 +41,8 @@ MODEL_FILE = "model.tflite"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 SIGNATURE = "serving_default"
+#: ``export.weights`` per precision (int8: the int8 recipe, calibration/litert.py)
+WEIGHT_TYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 #: ai-edge-quantizer recipe: float16 weights for the ops that have weights, float32 compute
 FP16_WEIGHTS_RECIPE = [
     {
@@ -76,7 +81,8 @@ class LiteRTRunner(Runner):
         self.input_index = inputs[INPUT_NAME]["index"]
         self.output_index = outputs[OUTPUT_NAME]["index"]
         self.description = (
-            f"ai-edge-litert {version} Interpreter (XNNPACK delegate, {self.threads} threads)"
+            f"ai-edge-litert {version} Interpreter (XNNPACK delegate on the CPU, "
+            f"{self.threads} threads)"
         )
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
@@ -89,47 +95,62 @@ class LiteRTConverter(Converter):
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
-        # litert-torch is needed only here (the descriptor checks the runtime, which is all
-        # that running an artifact needs: importing litert-torch takes seconds).
-        if importlib.util.find_spec("litert_torch") is None:
-            raise BackendMissingError("litert_torch", DESCRIPTOR.extra)
-        import litert_torch
-
-        with _quiet_progress():
-            try:
-                edge = litert_torch.convert(
-                    with_signature_names(model), sample_kwargs={INPUT_NAME: example}
-                )
-                data = bytes(edge.model_content())
-            except Exception as exc:
-                raise ExportError(f"litert-torch conversion failed: {first_line(exc)}") from exc
+        data = convert_float(model, example)
         if request.precision == "fp16":
             progress("fp16 weights")
             data = fp16_weights(data)
         progress("check")
-        path = workdir / MODEL_FILE
-        path.write_bytes(data)
-        census = inspect_model(data)
-        check_model(census, list(example.shape), request.precision)
-        info = {
-            "signature": SIGNATURE,
-            "ops": sum(census["op_types"].values()),
-            "op_types": census["op_types"],
-            "weights": "float16" if request.precision == "fp16" else "float32",
-            "float16_tensors": census["tensor_types"].get("FLOAT16", 0),
-            "delegation": delegation(path),
-        }
-        return ExportResult(
-            model_file=MODEL_FILE,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-            versions=_versions(request.precision),
-            info=info,
-        )
+        return write_model(data, workdir, list(example.shape), request.precision)
 
-    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+    def load(
+        self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
+    ) -> Runner:
         self.check_installed()
+        self.check_device(device, manifest)  # the CPU only (Converter.available_devices)
         return LiteRTRunner(folder / manifest.model_file, manifest.batch_size, threads)
+
+
+def convert_float(model: Any, example: Any) -> bytes:
+    """The float32 .tflite of ``model`` at the static shape of ``example`` (litert-torch), the
+    step every precision starts from (fp16 and the int8 recipe rewrite its bytes)."""
+    # litert-torch is needed only here (the descriptor checks the runtime, which is all
+    # that running an artifact needs: importing litert-torch takes seconds).
+    if importlib.util.find_spec("litert_torch") is None:
+        raise BackendMissingError("litert_torch", DESCRIPTOR.extra)
+    import litert_torch
+
+    with _quiet_progress():
+        try:
+            edge = litert_torch.convert(
+                with_signature_names(model), sample_kwargs={INPUT_NAME: example}
+            )
+            return bytes(edge.model_content())
+        except Exception as exc:
+            raise ExportError(f"litert-torch conversion failed: {first_line(exc)}") from exc
+
+
+def write_model(data: bytes, workdir: Path, input_shape: list[int], precision: str) -> ExportResult:
+    """Check the final .tflite bytes (``check_model``), write them as ``MODEL_FILE`` and
+    describe them for the manifest (op census, weight type, XNNPACK delegation)."""
+    census = inspect_model(data)
+    check_model(census, input_shape, precision)
+    path = workdir / MODEL_FILE
+    path.write_bytes(data)
+    info = {
+        "signature": SIGNATURE,
+        "ops": sum(census["op_types"].values()),
+        "op_types": census["op_types"],
+        "weights": WEIGHT_TYPES.get(precision, "float32"),
+        "float16_tensors": census["tensor_types"].get("FLOAT16", 0),
+        "delegation": delegation(path),
+    }
+    return ExportResult(
+        model_file=MODEL_FILE,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        versions=_versions(precision),
+        info=info,
+    )
 
 
 def with_signature_names(model: Any) -> Any:
@@ -283,7 +304,7 @@ def _versions(precision: str) -> dict[str, str]:
     from importlib.metadata import version
 
     names = ["litert-torch", "ai-edge-litert"] + (
-        ["ai-edge-quantizer"] if precision == "fp16" else []
+        ["ai-edge-quantizer"] if precision != "fp32" else []
     )
     return {name.replace("-", "_"): version(name) for name in names}
 

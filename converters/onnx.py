@@ -1,8 +1,13 @@
 """ONNX: torch.onnx (dynamo exporter) -> model.onnx, run in onnxruntime.
 
-Static input shape, opset 20, every weight inside the one file (no external data), checked
-with ``onnx.checker.check_model(full_check=True)``. fp16 converts weights and activations
-with onnx's float16 converter, keeping float32 graph inputs/outputs.
+Static input shape (or, with ``dynamic_batch``, a symbolic batch dimension named ``batch`` and
+every other dimension static), opset 20, every weight inside the one file (no external data),
+checked with ``onnx.checker.check_model(full_check=True)``. fp16 converts weights and
+activations with onnx's float16 converter, keeping float32 graph inputs/outputs.
+
+Devices are onnxruntime execution providers, spelled as ``onnxruntime.get_available_providers()``
+reports them (``CPUExecutionProvider``; the short form ``CPU`` is read as the same). A provider
+other than the CPU one runs with the CPU provider behind it for the nodes it does not take.
 """
 
 from __future__ import annotations
@@ -29,20 +34,36 @@ OPSET = 20
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: the symbolic batch dimension of a dynamic-batch export
+BATCH_DIM = "batch"
+CPU_PROVIDER = "CPUExecutionProvider"
+#: reported by onnxruntime's default build but calls a remote endpoint: not a local device
+NOT_DEVICES = {"AzureExecutionProvider"}
+PROVIDER_SUFFIX = "ExecutionProvider"
 
 
 class OnnxRunner(Runner):
-    def __init__(self, path: Path, batch_size: int, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        batch_size: int,
+        threads: int | None = None,
+        dynamic_batch: bool = False,
+        provider: str = CPU_PROVIDER,
+    ) -> None:
         import onnxruntime as ort
 
-        super().__init__(batch_size)
+        super().__init__(batch_size, dynamic_batch)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        providers = [provider] + ([CPU_PROVIDER] if provider != CPU_PROVIDER else [])
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
-        self.description = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+        self.device = provider
+        used = ", ".join(self.session.get_providers())
+        self.description = f"onnxruntime {ort.__version__} ({used})"
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -58,6 +79,7 @@ class OnnxConverter(Converter):
         path = workdir / MODEL_FILE
         if request.precision == "fp16":
             model = half_precision(model)
+        dynamic = {"dynamic_shapes": ({0: torch.export.Dim(BATCH_DIM)},)}
         try:
             program = torch.onnx.export(
                 model,
@@ -68,6 +90,7 @@ class OnnxConverter(Converter):
                 output_names=[OUTPUT_NAME],
                 external_data=False,
                 verbose=False,
+                **(dynamic if request.dynamic_batch else {}),
             )
         except Exception as exc:
             raise ExportError(f"torch.onnx export failed: {first_line(exc)}") from exc
@@ -75,7 +98,7 @@ class OnnxConverter(Converter):
         proto = program.model_proto
         proto.producer_name = "restv2-edge"
         onnx.checker.check_model(proto, full_check=True)
-        check_static(proto)
+        check_static(proto, request.dynamic_batch)
         onnx.save_model(proto, str(path))
         return ExportResult(
             model_file=MODEL_FILE,
@@ -85,13 +108,39 @@ class OnnxConverter(Converter):
             info={"opset": OPSET, "nodes": len(proto.graph.node)},
         )
 
-    def load(self, folder: Path, manifest: Any, threads: int | None = None) -> Runner:
+    def load(
+        self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
+    ) -> Runner:
         self.check_installed()
-        return OnnxRunner(folder / manifest.model_file, manifest.batch_size, threads)
+        provider = self.check_device(device, manifest)
+        return OnnxRunner(
+            folder / manifest.model_file,
+            manifest.batch_size,
+            threads,
+            manifest.dynamic_batch,
+            provider,
+        )
+
+    def available_devices(self, manifest: Any = None) -> list[str]:
+        """onnxruntime's execution providers in this install, the CPU provider first."""
+        self.check_installed()
+        import onnxruntime as ort
+
+        found = [p for p in ort.get_available_providers() if p not in NOT_DEVICES]
+        return [CPU_PROVIDER] + [p for p in found if p != CPU_PROVIDER]
+
+    def match_device(self, device: str, available: list[str]) -> str | None:
+        """A provider name, or its short form without ``ExecutionProvider`` (any case)."""
+        wanted = device.lower().removesuffix(PROVIDER_SUFFIX.lower())
+        return next(
+            (p for p in available if p.lower().removesuffix(PROVIDER_SUFFIX.lower()) == wanted),
+            None,
+        )
 
 
-def check_static(proto: Any) -> None:
-    """No dynamic-shape ops and no value of rank > 4 (shape inference on the saved graph)."""
+def check_static(proto: Any, dynamic_batch: bool = False) -> None:
+    """No dynamic-shape ops, no value of rank > 4, and every dimension static (shape inference
+    on the saved graph) but, for a dynamic-batch export, the leading ``batch`` dimension."""
     import onnx
 
     dynamic = {"Shape", "ConstantOfShape", "NonZero", "Range", "Expand"}
@@ -106,8 +155,16 @@ def check_static(proto: Any) -> None:
         dims = value.type.tensor_type.shape.dim
         if len(dims) > 4:
             raise ExportError(f"ONNX value {value.name} has rank {len(dims)} > 4")
-        if any(not dim.HasField("dim_value") for dim in dims):
-            raise ExportError(f"ONNX value {value.name} has a symbolic dimension")
+        for index, dim in enumerate(dims):
+            if dim.HasField("dim_value"):
+                continue
+            if not (dynamic_batch and index == 0 and dim.dim_param == BATCH_DIM):
+                raise ExportError(f"ONNX value {value.name} has a symbolic dimension")
+    if dynamic_batch:
+        for value in (*inferred.graph.input, *inferred.graph.output):
+            first = value.type.tensor_type.shape.dim[0]
+            if first.dim_param != BATCH_DIM:
+                raise ExportError(f"ONNX {value.name}: the batch dimension is not symbolic")
 
 
 def _versions() -> dict[str, str]:
@@ -135,4 +192,5 @@ DESCRIPTOR = TargetDescriptor(
     converter=CONVERTER,
     manifest_fields=("opset", "nodes"),
     order=10,
+    dynamic_batch=True,
 )

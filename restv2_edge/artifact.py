@@ -14,13 +14,13 @@ from restv2_edge.preprocess import preprocess_image
 
 
 def open_artifact(
-    folder: str | os.PathLike[str], threads: int | None = None
+    folder: str | os.PathLike[str], threads: int | None = None, device: str | None = None
 ) -> tuple[Manifest, Runner]:
-    """Check every file against its sha256, then load the target's runner."""
+    """Check every file against its sha256, then load the target's runner on ``device``
+    (None: the target's default; one that is not here raises RunnerUnavailableError)."""
     manifest = verify_files(folder)
     converter = get_converter(manifest.target)
-    converter.check_installed()
-    return manifest, converter.load(Path(folder), manifest, threads)
+    return manifest, converter.open_runner(Path(folder), manifest, threads, device)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -37,10 +37,13 @@ def top_k(logits: np.ndarray, names: list[str], k: int = 5) -> list[dict[str, ob
 
 
 def classify(
-    folder: str | os.PathLike[str], images: list[Image.Image], k: int = 5
+    folder: str | os.PathLike[str],
+    images: list[Image.Image],
+    k: int = 5,
+    device: str | None = None,
 ) -> list[list[dict[str, object]]]:
-    """Top-k for each image, using only the manifest and the target runtime."""
-    manifest, runner = open_artifact(folder)
+    """Top-k for each image, using only the manifest and the target runtime (on ``device``)."""
+    manifest, runner = open_artifact(folder, device=device)
     pre = manifest.preprocessing()
     batch = np.stack([preprocess_image(image, pre) for image in images])
     logits = runner(batch)

@@ -24,6 +24,7 @@ from restv2_edge.cli_types import (
     LazyChoice,
     OutputPath,
     ReportPath,
+    device_option,
     sensitivity_target_choice,
     target_choice,
 )
@@ -314,6 +315,11 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
     help="Float precision (default: the target's own; `restv2-edge targets` lists them).",
 )
 @click.option("--raw-input", is_flag=True, help="Input is raw RGB 0-255; normalization inside.")
+@click.option("--batch", type=POSITIVE_INT, default=1, show_default=True,
+              help="Batch the artifact is exported with (input.shape[0]).")  # fmt: skip
+@click.option("--dynamic-batch", is_flag=True,
+              help="Symbolic batch dimension (any count at run time; --batch is the nominal "
+              "one), for targets that offer it (the others refuse it).")  # fmt: skip
 @click.option(
     "--deployment-target",
     default=None,
@@ -372,6 +378,12 @@ def export(**o: Any) -> None:
                 f"--int8 is not offered for {o['target']} (INT8 recipes: "
                 f"{', '.join(int8_targets())})"
             )
+    if o["dynamic_batch"] and not get_descriptor(o["target"]).dynamic_batch:
+        offering = [t for t in target_names() if get_descriptor(t).dynamic_batch]
+        raise click.UsageError(
+            f"--dynamic-batch is not offered for {o['target']} (dynamic batch: "
+            f"{', '.join(offering) or 'no target'}); use --batch N for a static batch"
+        )
     readers = option_readers(o["target"])
     for name in TARGET_OPTIONS:
         if given(name) and name not in readers:
@@ -384,7 +396,13 @@ def export(**o: Any) -> None:
     converter.check_installed()
     precision = "int8" if o["int8"] else o["precision"] or converter.default_precision
     options = {name: o[name] for name in get_descriptor(o["target"]).options if given(name)}
-    request = ExportRequest(precision=precision, raw_input=o["raw_input"], options=options)
+    request = ExportRequest(
+        precision=precision,
+        raw_input=o["raw_input"],
+        batch_size=o["batch"],
+        dynamic_batch=o["dynamic_batch"],
+        options=options,
+    )
     converter.check_request(request)
     if o["int8"]:
         from restv2_edge.calibration.dataset import quantization_settings
@@ -441,8 +459,14 @@ def model_label(model: Any) -> str:
 )
 @click.option("--limit", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--json", "json_file", type=ReportPath(), default=None)
+@device_option
 def parity(
-    artifact: str, weights: str, data: str | None, limit: int, json_file: str | None
+    artifact: str,
+    weights: str,
+    data: str | None,
+    limit: int,
+    json_file: str | None,
+    device: str | None,
 ) -> None:
     """Check an existing artifact against PyTorch; non-zero exit past the thresholds."""
     from restv2_edge.artifact import open_artifact
@@ -452,7 +476,7 @@ def parity(
     from restv2_edge.parity import load_inputs, measure
 
     out = console()
-    manifest, runner = open_artifact(artifact)
+    manifest, runner = open_artifact(artifact, device=device)
     model = create_model(manifest.config, manifest.image_size, None, weights)
     reference = artifact_model(model, "native", manifest.raw_input)
     inputs = load_inputs(manifest.preprocessing(), data, limit)
@@ -490,7 +514,10 @@ def replace_parity_record(folder: Path, manifest: Any, record: dict[str, Any]) -
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top", type=POSITIVE_INT, default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
+@device_option
+def predict(
+    artifact: str, images: tuple[str, ...], top: int, as_json: bool, device: str | None
+) -> None:
     """Top-k class names with probabilities, using only the manifest and the runtime."""
     from restv2_edge.artifact import classify
     from restv2_edge.data import open_unlabelled
@@ -499,7 +526,7 @@ def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> 
     for path in images:
         source = open_unlabelled(path)
         opened.append(source.open(source.items[0][0]))
-    results = classify(artifact, opened, top)
+    results = classify(artifact, opened, top, device)
     if as_json:
         click.echo(json.dumps({p: r for p, r in zip(images, results)}, indent=2))
         return
@@ -516,8 +543,9 @@ def predict(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> 
 @click.option("--limit", type=POSITIVE_INT, default=None,
               help="At most N images, spread over classes.")  # fmt: skip
 @click.option("--json", "json_file", type=ReportPath(), default=None)
+@device_option
 def evaluate_command(model: str, data: str, split: str | None, limit: int | None,
-                     json_file: str | None) -> None:  # fmt: skip
+                     json_file: str | None, device: str | None) -> None:  # fmt: skip
     """Top-1/top-5 of a checkpoint or an exported artifact on labelled images."""
     from rich.progress import Progress
 
@@ -531,7 +559,7 @@ def evaluate_command(model: str, data: str, split: str | None, limit: int | None
             bar.update(task, total=event["total"], completed=event["done"],
                        description=f"eval top-1 {event['top1']:.3f}")  # fmt: skip
 
-        result = evaluate(model, data, split, limit, progress=update)
+        result = evaluate(model, data, split, limit, progress=update, device=device)
     if json_file:
         write_report(json_file, json.dumps(result, indent=2) + "\n")
     out.print(f"{result['runner']}: top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  "

@@ -7,6 +7,7 @@ click's own ``FloatRange`` lets NaN through (every comparison with NaN is false)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -123,6 +124,37 @@ class OutputPath(click.Path):
 
 
 POSITIVE_INT = click.IntRange(min=1)
+
+
+class DeviceName(click.ParamType):
+    """A device name's spelling (``CPU``, ``GPU.1``, ``AUTO:GPU,CPU``, ``CPUExecutionProvider``).
+
+    Whether the device is there is the artifact's target's question (its runtime answers):
+    that is checked when the artifact is opened, before anything is written; importing every
+    backend here would make ``--help`` slow.
+    """
+
+    name = "device"
+    _SPELLING = re.compile(r"[A-Za-z][A-Za-z0-9_.]*(:[A-Za-z0-9_.]+(,[A-Za-z0-9_.]+)*)?")
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        text = str(value).strip()
+        if not self._SPELLING.fullmatch(text):
+            self.fail(f"{value!r} is not a device name (e.g. CPU, GPU.1, AUTO)", param, ctx)
+        return text
+
+
+DEVICE_HELP = (
+    "Device to run on, as the artifact's runtime names it: OpenVINO CPU, GPU, NPU, AUTO...; "
+    "onnxruntime execution providers (CPUExecutionProvider, or CPU); ExecuTorch CPU or the "
+    "artifact's backend; LiteRT CPU. Default: the CPU. One that is not here is an error "
+    "listing those that are."
+)
+
+
+def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device NAME`` (default None: the target's CPU default)."""
+    return click.option("--device", type=DeviceName(), default=None, help=DEVICE_HELP)(command)
 
 
 class LazyChoice(click.ParamType):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from restv2_edge.data import ImageSource, open_labelled
-from restv2_edge.errors import DataError
+from restv2_edge.errors import DataError, RunnerUnavailableError
 from restv2_edge.preprocess import Preprocessing, preprocess_image
 
 Event = dict[str, Any]
@@ -25,17 +25,28 @@ class Classifier:
     class_names: list[str]
     preprocessing: Preprocessing
     description: str
+    device: str = "CPU"
 
 
-def load_classifier(model: str | Path, threads: int | None = None) -> Classifier:
-    """A checkpoint file runs in PyTorch; an artifact folder runs through its target runner."""
+def load_classifier(
+    model: str | Path, threads: int | None = None, device: str | None = None
+) -> Classifier:
+    """A checkpoint file runs in PyTorch (on the CPU); an artifact folder runs through its
+    target runner on ``device`` (None: the target's default)."""
     path = Path(model)
     if path.is_dir():
         from restv2_edge.artifact import open_artifact
 
-        manifest, runner = open_artifact(path, threads)
+        manifest, runner = open_artifact(path, threads, device)
         description = f"{manifest.target} {manifest.precision} via {runner.description}"
-        return Classifier(runner, manifest.class_names(path), manifest.preprocessing(), description)
+        return Classifier(
+            runner, manifest.class_names(path), manifest.preprocessing(), description, runner.device
+        )
+    if device is not None and device.upper() != "CPU":
+        raise RunnerUnavailableError(
+            f"device {device} is not available for a PyTorch checkpoint here; available: CPU "
+            "(export it to pick a runtime's device)"
+        )
     import torch
 
     from restv2_edge.factory import create_model
@@ -75,9 +86,10 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 32,
     progress: Callable[[Event], None] = lambda event: None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy on labelled images; corrupt images are skipped and counted."""
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, device=device)
     source: ImageSource = open_labelled(data, split).subset(limit)
     labelled = [(key, label) for key, label in source.items if label >= 0]
     if not labelled:
@@ -118,6 +130,7 @@ def evaluate(
     return {
         "model": str(model),
         "runner": classifier.description,
+        "device": classifier.device,
         "data": str(data),
         "split": split,
         "images": seen,

@@ -143,6 +143,11 @@ def measure(
     return {
         "status": "passed" if not missed else "failed",
         "runner": runner.description,
+        "device": getattr(runner, "device", "CPU"),
+        "batch": {
+            "size": getattr(runner, "batch_size", None),
+            "dynamic": bool(getattr(runner, "dynamic_batch", False)),
+        },
         "precision": precision,
         "data": inputs.source,
         "synthetic": inputs.synthetic,

@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--calls", type=int, default=2)
+    parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     try:
-        result = memory_child(args.peak_memory, args.threads, args.batch, args.calls)
+        result = memory_child(args.peak_memory, args.threads, args.batch, args.calls, args.device)
     except RestV2EdgeError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

@@ -33,16 +33,23 @@ def bench_artifacts(
     threads: int | None = None,
     warmup: int = 3,
     runs: int = 20,
-    batch: int = 1,
+    batch: int | None = None,
     memory: bool = True,
     progress: Progress = lambda step: None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Latency/throughput (interleaved), size and peak memory of each artifact folder."""
+    """Latency/throughput (interleaved), size and peak memory of each artifact folder.
+
+    ``batch``: images per call (None: each artifact's exported batch, ``input.shape[0]``); a
+    static artifact runs a batch that is not its own in chunks of its own, the last padded.
+    ``device``: the device every artifact runs on (None: each target's default); checked
+    for every artifact before anything is timed.
+    """
     from restv2_edge.artifact import open_artifact
 
     if not folders:
         raise DataError("no artifact folder given")
-    check_counts(warmup, runs, batch)
+    check_counts(warmup, runs, batch or 1)
     threads = threads or usable_cores()
     opened, calls, rows = {}, {}, []
     for folder in folders:
@@ -50,12 +57,14 @@ def bench_artifacts(
         if key in opened:
             raise DataError(f"{key} given twice")
         progress(f"open {key}")
-        manifest, runner = open_artifact(folder, threads)
-        x = bench_input(manifest, batch)
-        opened[key] = (manifest, runner)
+        manifest, runner = open_artifact(folder, threads, device)
+        size = batch or manifest.batch_size
+        x = bench_input(manifest, size)
+        opened[key] = (manifest, runner, size)
         calls[key] = lambda runner=runner, x=x: runner(x)
     times = time_round_robin(calls, warmup, runs, progress, BLOCK)
-    for key, (manifest, runner) in opened.items():
+    for key, (manifest, runner, size) in opened.items():
+        stats = summarize(times[key], size)
         row = {
             "artifact": key,
             "target": manifest.target,
@@ -63,12 +72,17 @@ def bench_artifacts(
             "variant": manifest.variant or "custom",
             "image_size": manifest.image_size,
             "runner": runner.description,
+            "device": runner.device,
+            "batch": size,
+            "artifact_batch": manifest.batch_size,
+            "dynamic_batch": manifest.dynamic_batch,
             "size_mb": artifact_bytes(manifest) / 1e6,
-            **summarize(times[key], batch),
+            **stats,
+            "per_image_ms": stats["median_ms"] / size,
         }
         if memory:
             progress(f"memory {key}")
-            row["memory"] = peak_memory(key, threads, batch)
+            row["memory"] = peak_memory(key, threads, size, device=device)
         rows.append(row)
     return {
         "kind": "artifacts",
@@ -79,6 +93,7 @@ def bench_artifacts(
             "warmup": warmup,
             "runs": runs,
             "batch": batch,
+            "device": device,
             "order": ORDER,
             "memory": MEMORY_METHOD if memory else None,
         },

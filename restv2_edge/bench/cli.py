@@ -20,7 +20,7 @@ import click
 
 from restv2_edge.bench.gpu import DEFAULTS as GPU_DEFAULTS
 from restv2_edge.bench.gpu import DTYPES
-from restv2_edge.cli_types import ImageSize
+from restv2_edge.cli_types import ImageSize, device_option
 
 
 class BenchGroup(click.Group):
@@ -106,8 +106,20 @@ def _plot_path(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
-def _timing_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--threads, --warmup, --runs, --batch, --json: the options every CPU bench takes."""
+def _timing_options(
+    command: Callable[..., Any] | None = None, *, artifact_batch: bool = False
+) -> Any:
+    """--threads, --warmup, --runs, --batch, --json: the options every CPU bench takes.
+
+    ``artifact_batch``: --batch defaults to each artifact's own exported batch (bench run).
+    """
+    if command is None:
+        return lambda function: _timing_options(function, artifact_batch=artifact_batch)
+    batch = (
+        {"default": None, "help": "Images per call (default: each artifact's exported batch)."}
+        if artifact_batch
+        else {"default": 1, "show_default": True, "help": "Images per call."}
+    )
     options = [
         click.option(
             "--threads",
@@ -123,13 +135,7 @@ def _timing_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Timed calls per row.",
         ),
-        click.option(
-            "--batch",
-            type=click.IntRange(min=1),
-            default=1,
-            show_default=True,
-            help="Images per call.",
-        ),
+        click.option("--batch", type=click.IntRange(min=1), **batch),
         click.option(
             "--json",
             "json_file",
@@ -180,7 +186,7 @@ def bench() -> None:
     """Latency, throughput, size and peak memory of artifacts; the export matrix; the GPU.
 
     \b
-    restv2-edge bench ARTIFACT_DIR...   is bench run ARTIFACT_DIR...
+    restv2-edge bench ARTIFACT_DIR...   is bench run ARTIFACT_DIR...  (--device: run's)
     restv2-edge bench --matrix ...      is bench matrix ...   (older spelling)
     restv2-edge bench --device cuda ... is bench gpu --device cuda ...   (older spelling)
     """
@@ -188,10 +194,15 @@ def bench() -> None:
 
 @bench.command("run")
 @click.argument("artifact_dir", nargs=-1, type=click.Path())
-@_timing_options
+@_timing_options(artifact_batch=True)
+@device_option
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory subprocess per artifact.")
 def run_command(
-    artifact_dir: tuple[str, ...], json_file: str | None, no_memory: bool, **timing: Any
+    artifact_dir: tuple[str, ...],
+    json_file: str | None,
+    no_memory: bool,
+    device: str | None,
+    **timing: Any,
 ) -> None:
     """Artifact folders, interleaved: latency, throughput, size, peak memory (the default)."""
     if not artifact_dir:
@@ -209,6 +220,7 @@ def run_command(
             timing["batch"],
             not no_memory,
             progress,
+            device,
         )
     render_artifacts(report, _table_console())
     _write(json_file, json.dumps(report, indent=2) + "\n", out)

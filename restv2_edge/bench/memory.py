@@ -52,12 +52,14 @@ def _maxrss_bytes() -> int:
     return int(value if sys.platform == "darwin" else value * 1024)
 
 
-def memory_child(folder: str, threads: int | None, batch: int, calls: int) -> dict[str, Any]:
+def memory_child(
+    folder: str, threads: int | None, batch: int, calls: int, device: str | None = None
+) -> dict[str, Any]:
     """The probe itself, run inside the fresh process: open, run ``calls`` batches, measure."""
     from restv2_edge.artifact import open_artifact
 
     before = _rss_bytes()
-    manifest, runner = open_artifact(folder, threads)
+    manifest, runner = open_artifact(folder, threads, device)
     x = bench_input(manifest, batch)
     for _ in range(max(calls, 1)):
         runner(x)
@@ -66,7 +68,11 @@ def memory_child(folder: str, threads: int | None, batch: int, calls: int) -> di
 
 
 def peak_memory(
-    folder: str | os.PathLike[str], threads: int | None, batch: int, calls: int = 2
+    folder: str | os.PathLike[str],
+    threads: int | None,
+    batch: int,
+    calls: int = 2,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """RSS high-water of a fresh process that opens ``folder`` and runs ``calls`` batches.
 
@@ -86,6 +92,8 @@ def peak_memory(
     ]
     if threads:
         command += ["--threads", str(threads)]
+    if device:
+        command += ["--device", device]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:

@@ -26,19 +26,23 @@ def render_artifacts(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     s = report["settings"]
+    batch = f"batch {s['batch']}" if s.get("batch") else "each artifact's batch"
     table = Table(
-        title=f"batch {s['batch']}, {s['threads']} threads, {s['runs']} runs (round-robin)",
+        title=f"{batch}, {s['threads']} threads, {s['runs']} runs (round-robin)",
         caption=describe_machine(report["machine"]),
     )
     for column in (
         "artifact",
         "target",
         "precision",
+        "batch",
         "size MB",
         "median ms",
         "p90 ms",
+        "ms/img",
         "img/s",
         "peak RSS MB",
+        "device",
         "runner",
     ):
         table.add_column(
@@ -50,14 +54,28 @@ def render_artifacts(report: dict[str, Any], console: Any) -> None:
             Path(row["artifact"]).name,
             row["target"],
             row["precision"],
+            _batch_cell(row, s.get("batch")),
             f"{row['size_mb']:.2f}",
             f"{row['median_ms']:.2f}",
             f"{row['p90_ms']:.2f}",
+            _fmt(row.get("per_image_ms"), ".2f"),
             f"{row['images_per_s']:.1f}",
             _fmt(memory.get("peak_rss_mb"), ".0f") if "error" not in memory else "error",
+            row.get("device", "CPU"),
             row["runner"],
         )
     console.print(table)
+
+
+def _batch_cell(row: dict[str, Any], settings_batch: int | None) -> str:
+    """The batch timed, and how the artifact takes it: ``4 (dynamic)``, ``1 (static 4, padded)``."""
+    size = row.get("batch", settings_batch)
+    own = row.get("artifact_batch")
+    if row.get("dynamic_batch"):
+        return f"{size} (dynamic)"
+    if own is not None and size != own:
+        return f"{size} (static {own}" + (", padded)" if size % own else ")")
+    return str(size)
 
 
 def matrix_columns(row: dict[str, Any]) -> list[str]:
