@@ -23,14 +23,27 @@ ct = pytest.importorskip("coremltools")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import CIFAR10_CLASSES, assert_one_line_error, run_cli  # noqa: E402
+from conftest import (  # noqa: E402
+    CIFAR10_CLASSES,
+    TINY_CONFIG,
+    assert_one_line_error,
+    oracle_logits,
+    oracle_model,
+    run_cli,
+)
 from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
 from restv2_edge.converters.coreml import (  # noqa: E402
     RUNNER_ENV,
     coreml_framework_available,
     fold_scalar_dequantize,
 )
-from restv2_edge.converters.mil import Program, read_spec, tensor_ranks  # noqa: E402
+from restv2_edge.converters.mil import (  # noqa: E402
+    MILError,
+    Program,
+    read_package,
+    read_spec,
+    tensor_ranks,
+)
 
 from restv2_edge.errors import ExportError, RunnerUnavailableError  # noqa: E402
 from restv2_edge.export import artifact_model, export_artifact  # noqa: E402
@@ -151,20 +164,7 @@ def test_rank_above_four_is_rejected(tmp_path):
         converter.export(FiveD(), example, tmp_path, ExportRequest(precision="fp32"), print)
 
 
-def test_raw_input_is_an_rgb_image_input(tmp_path, tiny_model, photo_dir):
-    path, manifest = export(tiny_model, tmp_path / "a", photo_dir, precision="fp16", raw_input=True)
-    assert manifest.raw_input
-    assert_passed(manifest.parity)
-    (feature,) = spec_of(path).description.input
-    image = feature.type.imageType
-    assert feature.type.WhichOneof("Type") == "imageType"
-    assert (image.width, image.height) == (64, 64) and image.colorSpace == 20  # RGB
-    # the runner hands the image type 8-bit pixels: float input is rounded and clipped
-    runner = get_converter("coreml").load(path, manifest)
-    x = load_inputs(manifest.preprocessing(), photo_dir, 2).images
-    signs = np.sign(np.random.default_rng(0).standard_normal(x.shape))
-    noisy = np.clip(x + np.float32(0.3) * signs, -5, 260).astype(np.float32)
-    np.testing.assert_allclose(runner(noisy), runner(x), rtol=0, atol=1e-5)
+# (the --raw-input image classifier: tests/test_coreml_classifier.py)
 
 
 # -- the interpreter catches conversion bugs -------------------------------------------------------
@@ -271,7 +271,94 @@ def test_interpreter_can_be_forced(tiny_fp16, monkeypatch):
     monkeypatch.setenv(RUNNER_ENV, "interpreter")
     path, manifest = tiny_fp16
     runner = get_converter("coreml").load(path, manifest)
-    assert runner.description == "restv2-edge MIL reference interpreter (numpy, fp16 rounding)"
+    assert runner.description == (
+        "restv2-edge MIL reference interpreter (numpy, fp16 rounding; on the CPU: "
+        "compute units ALL not exercised)"
+    )
+
+
+# -- compute units ---------------------------------------------------------------------------------
+
+
+def test_compute_units_default_by_precision(tiny_fp16, tiny_artifact):
+    assert tiny_fp16[1].export["compute_units"] == "ALL"
+    assert tiny_artifact("coreml", "fp32")[1].export["compute_units"] == "CPU_ONLY"
+    meta = dict(spec_of(tiny_fp16[0]).description.metadata.userDefined)
+    assert meta["restv2_edge.compute_units"] == "ALL"
+
+
+def test_devices_are_the_compute_units(tiny_fp16, monkeypatch):
+    monkeypatch.setenv(RUNNER_ENV, "interpreter")
+    path, manifest = tiny_fp16
+    converter = get_converter("coreml")
+    assert converter.available_devices(manifest) == ["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
+    runner = converter.open_runner(path, manifest, device="cpu_and_gpu")
+    assert runner.device == "CPU_AND_GPU"
+    assert "compute units CPU_AND_GPU not exercised" in runner.description
+    assert converter.open_runner(path, manifest, device="CPU").device == "CPU_ONLY"
+    with pytest.raises(RunnerUnavailableError, match="available: ALL, CPU_ONLY"):
+        converter.open_runner(path, manifest, device="NPU")
+
+
+def test_unknown_compute_units_are_refused():
+    request = ExportRequest(options={"compute_units": "GPU_ONLY"})
+    with pytest.raises(ExportError, match="compute units 'GPU_ONLY'; choose ALL, CPU_ONLY"):
+        get_converter("coreml").check_request(request)
+
+
+# -- batch -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dynamic_fp32(tiny_model, photo_dir, tmp_path_factory):
+    """The tiny model, fp32, enumerated dynamic batch, compute units CPU_AND_NE."""
+    out = tmp_path_factory.mktemp("dynamic") / "tiny-dynamic"
+    return export(
+        tiny_model, out, photo_dir, 4, precision="fp32", dynamic_batch=True,
+        options={"compute_units": "CPU_AND_NE"},
+    )  # fmt: skip
+
+
+def test_dynamic_batch_is_enumerated(dynamic_fp32):
+    path, manifest = dynamic_fp32
+    assert_passed(manifest.parity)
+    assert manifest.dynamic_batch and manifest.input["shape"] == [1, 3, 64, 64]
+    assert manifest.export["batch_sizes"] == [1, 2, 4, 8, 16, 32, 64]
+    assert manifest.export["compute_units"] == "CPU_AND_NE"
+    (feature,) = read_package(path / "model.mlpackage").inputs
+    assert feature.batch_sizes == (1, 2, 4, 8, 16, 32, 64)
+    assert feature.shape == (1, 3, 64, 64)  # the default shape: the nominal batch
+
+
+def test_dynamic_batch_runs_at_1_and_3(dynamic_fp32, tiny_checkpoint, photo_dir):
+    """Batch 1 and 3 through the runner (3 is padded to the enumerated 4) against the
+    official-structure model; the program itself refuses a batch Core ML would refuse."""
+    path, manifest = dynamic_fp32
+    runner = get_converter("coreml").load(path, manifest)
+    assert runner.dynamic_batch
+    x = load_inputs(manifest.preprocessing(), photo_dir, 3).images
+    want = oracle_logits(oracle_model(tiny_checkpoint, **TINY_CONFIG), x)
+    for count in (1, 3):
+        np.testing.assert_allclose(runner(x[:count]), want[:count], atol=1e-3, rtol=0)
+    program = Program.load(path / "model.mlpackage")
+    four = np.concatenate([x, x[:1]])
+    np.testing.assert_allclose(program.run({"input": four})["logits"][:3], want, atol=1e-3)
+    with pytest.raises(MILError, match="not one of the model's enumerated shapes"):
+        program.run({"input": x})
+
+
+@pytest.mark.slow
+def test_static_batch(tiny_model, tiny_checkpoint, photo_dir, tmp_path):
+    path, manifest = export(tiny_model, tmp_path / "b2", photo_dir, 5, precision="fp32",
+                            batch_size=2)  # fmt: skip
+    assert_passed(manifest.parity)
+    assert manifest.input["shape"][0] == manifest.output["shape"][0] == 2
+    (feature,) = read_package(path / "model.mlpackage").inputs
+    assert feature.shape == (2, 3, 64, 64) and feature.batch_sizes == (2,)
+    x = load_inputs(manifest.preprocessing(), photo_dir, 3).images
+    want = oracle_logits(oracle_model(tiny_checkpoint, **TINY_CONFIG), x)
+    runner = get_converter("coreml").load(path, manifest)  # pads 3 to 2 + 2
+    np.testing.assert_allclose(runner(x), want, atol=1e-3, rtol=0)
 
 
 @pytest.mark.skipif(not coreml_framework_available(), reason="needs the Core ML framework (macOS)")
