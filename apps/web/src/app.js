@@ -1,7 +1,7 @@
 // The page: load manifest.json + the ONNX model, classify dropped or chosen images.
 // The model folder is ./model/ (python3 apps/scripts/copy-export.py puts an export there) or ?model=URL.
 // The execution provider: WebGPU where the browser offers it, else wasm (?ep=auto|webgpu|wasm).
-import { createSession, describeAdapter, MODES } from "./backend.js";
+import { createSession, describeAdapter, MODES, WebGPUUnavailable } from "./backend.js";
 import { parseManifest } from "./manifest.js";
 import { preprocessRGB, rgbaToRgb } from "./preprocess.js";
 import { topK } from "./topk.js";
@@ -10,7 +10,8 @@ const $ = (id) => document.getElementById(id);
 const EXTERNAL_DATA = [".data", ".onnx_data", ".onnx.data"];
 
 // Exposed for curious users and for the end-to-end test (tests/e2e.mjs).
-const demo = { spec: null, ort: null, session: null, backend: null, seq: 0, last: null, error: null, history: [] };
+const demo = { spec: null, ort: null, session: null, backend: null, seq: 0, last: null, error: null };
+demo.history = []; // every photo classified on this page: {id, name, url, top5, timings}
 window.restv2Demo = demo;
 
 class UserError extends Error {}
@@ -75,6 +76,7 @@ async function checkSha256(bytes, expected, name) {
 }
 
 async function loadModel() {
+  const mode = requestedMode();
   const base = modelBase();
   const raw = await (await fetchOk(new URL("manifest.json", base), "manifest.json")).json();
   let spec;
@@ -99,9 +101,9 @@ async function loadModel() {
   });
   let created;
   try {
-    created = await createSession(bytes, options, requestedMode(), zeros);
+    created = await createSession(bytes, options, mode, zeros);
   } catch (err) {
-    throw new UserError(err.message);
+    throw err instanceof WebGPUUnavailable ? new UserError(err.message) : err;
   }
   Object.assign(demo, { spec, ...created });
   demo.runtime = runtimeName(created.ort, created.backend);

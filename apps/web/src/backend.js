@@ -10,6 +10,9 @@ const DIST = "../node_modules/onnxruntime-web/dist/";
 const BUILDS = { webgpu: `${DIST}ort.webgpu.min.mjs`, wasm: `${DIST}ort.wasm.min.mjs` };
 export const MODES = ["auto", "webgpu", "wasm"];
 
+/** WebGPU was asked for by name (?ep=webgpu) and cannot be used: the message says why. */
+export class WebGPUUnavailable extends Error {}
+
 /** The first line of an error message (onnxruntime errors can be long). */
 function firstLine(err) {
   return String(err?.message ?? err).split("\n")[0];
@@ -95,7 +98,7 @@ export async function createSession(bytes, options, mode, feeds) {
       }
       ({ ort, reason } = gpu); // the WebGPU build's own wasm provider takes over
     }
-    if (mode === "webgpu") throw new Error(`WebGPU was requested (?ep=webgpu) but ${reason}`);
+    if (mode === "webgpu") throw new WebGPUUnavailable(`WebGPU was requested (?ep=webgpu) but ${reason}`);
   }
   ort = ort || (await import(BUILDS.wasm));
   const session = await ort.InferenceSession.create(bytes, { ...options, executionProviders: ["wasm"] });
