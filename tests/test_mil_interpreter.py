@@ -383,6 +383,82 @@ def test_unknown_op_input_is_an_error_not_ignored(tmp_path):
         Program.load(path)
 
 
+# -- classifier outputs and flexible batches ----------------------------------------------------
+
+
+def _convert_torch(tmp_path, module, shape, name, dynamic=None, **kwargs) -> str:
+    """torch.export + ct.convert (fp32) of a small (N, 4) module; the saved package's path.
+    A dynamic batch is traced at 2 (torch.export specializes a dimension traced at 1)."""
+    example = torch.from_numpy(RNG.standard_normal((2 if dynamic else 1, 4)).astype(np.float32))
+    program = torch.export.export(module.eval(), (example,), dynamic_shapes=dynamic)
+    model = ct.convert(
+        program.run_decompositions({}),
+        inputs=[ct.TensorType(name="x", shape=shape, dtype=np.float32)],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS17,
+        compute_precision=ct.precision.FLOAT32,
+        **kwargs,
+    )
+    path = tmp_path / f"{name}.mlpackage"
+    model.save(str(path))
+    return str(path)
+
+
+class _Softmax(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(x), dim=-1)
+
+
+def test_classify_gives_the_label_and_the_probability_dictionary(tmp_path):
+    """MIL classify: label of the largest probability, {label: probability} as doubles."""
+    labels = ["cat", "dog", "ship"]
+    config = ct.ClassifierConfig(labels)
+    path = _convert_torch(tmp_path, _Softmax(), (1, 4), "c", classifier_config=config)
+    program = Program.load(path)
+    assert "classify" in program.op_types()
+    for _ in range(3):
+        x = RNG.standard_normal((1, 4)).astype(np.float32) * 3
+        out = program.run({"x": x}, fp16=False)
+        want = torch_ref(_Softmax(), x)[0]
+        got = out["classLabel_probs"]
+        assert list(got) == labels and all(isinstance(v, float) for v in got.values())
+        np.testing.assert_allclose([got[k] for k in labels], want, rtol=1e-5, atol=1e-6)
+        assert out["classLabel"] == labels[int(np.argmax(want))]
+
+
+def test_enumerated_batch_runs_at_listed_sizes_only(tmp_path):
+    """An enumerated batch leaves the program's batch unknown; the model description lists the
+    sizes, and the interpreter refuses another one, as Core ML does."""
+    shapes = ct.EnumeratedShapes(shapes=[(1, 4), (4, 4)], default=(1, 4))
+    batch = {0: torch.export.Dim("batch", min=1, max=4)}
+    path = _convert_torch(tmp_path, _Softmax(), shapes, "e", dynamic=({**batch},))
+    program = Program.load(path)
+    assert program.inputs["x"].shape == (None, 4)
+    for count in (1, 4):
+        x = RNG.standard_normal((count, 4)).astype(np.float32)
+        (out,) = program.run({"x": x}, fp16=False).values()
+        np.testing.assert_allclose(out, torch_ref(_Softmax(), x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(MILError, match="enumerated shapes"):
+        program.run({"x": np.zeros((3, 4), np.float32)})
+
+
+def test_ranged_batch_runs_inside_its_bounds(tmp_path):
+    shape = ct.Shape((ct.RangeDim(1, 5, default=1), 4))
+    batch = {0: torch.export.Dim("batch", min=1, max=5)}
+    path = _convert_torch(tmp_path, _Softmax(), shape, "r", dynamic=({**batch},))
+    program = Program.load(path)
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    (out,) = program.run({"x": x}, fp16=False).values()
+    np.testing.assert_allclose(out, torch_ref(_Softmax(), x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(MILError, match="outside"):
+        program.run({"x": np.zeros((6, 4), np.float32)})
+
+
 # -- the real framework (macOS only) ---------------------------------------------------------------
 
 
