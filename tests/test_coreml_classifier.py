@@ -234,9 +234,12 @@ def test_ios_app_reads_compute_units_and_classifier_outputs():
 
     manifest = (IOS / "RestV2Core" / "Sources" / "RestV2Core" / "Manifest.swift").read_text()
     classifier = (IOS / "RestV2Demo" / "Classifier.swift").read_text()
-    cases = set(re.findall(r'case "([A-Z_]+)"', manifest))
-    assert cases >= set(COMPUTE_UNITS), cases
-    assert "computeUnits" in manifest and "let export: Export?" in manifest
-    assert "configuration.computeUnits = manifest.computeUnits" in classifier
+    cases = re.findall(r'case (\w+) = "([A-Z_]+)"', manifest)
+    assert sorted(name for _, name in cases) == sorted(COMPUTE_UNITS), cases
+    mapped = set(re.findall(r"case \.(\w+): return \.\1", classifier))
+    assert mapped == {case for case, _ in cases}, mapped  # each onto MLComputeUnits
+    assert "let computeUnits: String?" in manifest and "let export: Export?" in manifest
+    assert "let labelOutput: String; let probabilitiesOutput: String" in manifest
+    assert "configuration.computeUnits = manifest.computeUnits.mlComputeUnits" in classifier
     assert "VNCoreMLRequest" in classifier and "VNClassificationObservation" in classifier
-    assert f'"{CLASS_LABEL}"' in classifier or "predictedFeatureName" in classifier
+    assert "predictedFeatureName" in classifier

@@ -1,14 +1,31 @@
+import CoreGraphics
 import CoreML
 import CoreVideo
 import CryptoKit
 import Foundation
 import RestV2Core
+import Vision
 
 /// One classification: top-5 and where the time went.
 struct Classification: Sendable {
     let top5: [Prediction]
     let preprocessMs: Double
     let inferenceMs: Double
+    /// For an image-classifier export: Vision's answer on the same crop
+    /// (VNCoreMLRequest -> VNClassificationObservation), top-1 label and confidence.
+    let vision: Prediction?
+}
+
+extension ComputeUnits {
+    /// The manifest's compute units as Core ML spells them.
+    var mlComputeUnits: MLComputeUnits {
+        switch self {
+        case .all: return .all
+        case .cpuOnly: return .cpuOnly
+        case .cpuAndGPU: return .cpuAndGPU
+        case .cpuAndNeuralEngine: return .cpuAndNeuralEngine
+        }
+    }
 }
 
 enum ClassifierError: LocalizedError {
@@ -27,12 +44,15 @@ enum ClassifierError: LocalizedError {
 }
 
 /// The exported Core ML artifact in the app's Model folder (manifest.json + the .mlpackage it
-/// names). Preprocessing, labels and feature names come from manifest.json. The model input may
-/// be an image (a `--raw-input` export: the model normalizes inside) or a float multi-array
-/// (normalized here, per the manifest); the model description says which.
+/// names). Preprocessing, labels, feature names and compute units come from manifest.json. The
+/// model input may be an image (a `--raw-input` export, an image classifier: the model
+/// normalizes inside) or a float multi-array (normalized here, per the manifest); the model
+/// description says which. The top-5 come from the `logits` output (MLModel); an image
+/// classifier is also run through Vision, whose top-1 the app shows beside them.
 final class Classifier: @unchecked Sendable {
     let manifest: Manifest
     private let model: MLModel
+    private let visionModel: VNCoreMLModel?
     private let inputName: String
     private let outputName: String
     private let imageInput: Bool
@@ -52,7 +72,7 @@ final class Classifier: @unchecked Sendable {
         let key = SHA256.hash(data: manifestData).map { String(format: "%02x", $0) }.joined()
         let compiled = try await compiledModel(source, cacheKey: key)
         let configuration = MLModelConfiguration()
-        configuration.computeUnits = .all
+        configuration.computeUnits = manifest.computeUnits.mlComputeUnits
         return try Classifier(manifest: manifest, model: MLModel(contentsOf: compiled, configuration: configuration))
     }
 
@@ -92,6 +112,13 @@ final class Classifier: @unchecked Sendable {
             throw ClassifierError.badModel("no output named \(manifest.outputName)")
         }
         outputName = output.name
+        // An image classifier (predictedFeatureName set, as export.classifier says) also
+        // answers through Vision.
+        let isClassifier = model.modelDescription.predictedFeatureName != nil
+        if isClassifier != (manifest.classifier != nil) {
+            throw ClassifierError.badModel("classifier outputs differ from export.classifier")
+        }
+        visionModel = isClassifier && imageInput ? try VNCoreMLModel(for: model) : nil
     }
 
     /// Decoded photo -> top-5, timing preprocessing and the Core ML prediction separately.
@@ -105,7 +132,39 @@ final class Classifier: @unchecked Sendable {
         return Classification(
             top5: TopK.topK(logits, labels: manifest.labels, k: 5),
             preprocessMs: Double(ready.uptimeNanoseconds - start.uptimeNanoseconds) / 1e6,
-            inferenceMs: Double(done.uptimeNanoseconds - ready.uptimeNanoseconds) / 1e6)
+            inferenceMs: Double(done.uptimeNanoseconds - ready.uptimeNanoseconds) / 1e6,
+            vision: try visionTop1(crop))
+    }
+
+    /// Vision's top-1 for the crop (already the model's size, so `.scaleFill` does not crop);
+    /// nil for a model that is not an image classifier. Its labels are the classifier's: the
+    /// manifest's, with repeated names suffixed " (2)" (docs/coreml.md).
+    private func visionTop1(_ crop: RGBImage) throws -> Prediction? {
+        guard let visionModel, let image = cgImage(crop) else { return nil }
+        let request = VNCoreMLRequest(model: visionModel)
+        request.imageCropAndScaleOption = .scaleFill
+        do {
+            try VNImageRequestHandler(cgImage: image, orientation: .up).perform([request])
+        } catch {
+            throw ClassifierError.prediction("Vision: \(error.localizedDescription)")
+        }
+        guard let best = (request.results as? [VNClassificationObservation])?.first else { return nil }
+        return Prediction(index: -1, label: best.identifier, probability: Double(best.confidence))
+    }
+
+    /// The crop as an 8-bit RGBX CGImage for Vision.
+    private func cgImage(_ crop: RGBImage) -> CGImage? {
+        var rgbx = [UInt8](repeating: 255, count: crop.width * crop.height * 4)
+        for i in 0..<(crop.width * crop.height) {
+            rgbx[i * 4] = crop.pixels[i * 3]
+            rgbx[i * 4 + 1] = crop.pixels[i * 3 + 1]
+            rgbx[i * 4 + 2] = crop.pixels[i * 3 + 2]
+        }
+        guard let provider = CGDataProvider(data: Data(rgbx) as CFData) else { return nil }
+        return CGImage(width: crop.width, height: crop.height, bitsPerComponent: 8, bitsPerPixel: 32,
+                       bytesPerRow: crop.width * 4, space: CGColorSpace(name: CGColorSpace.sRGB)!,
+                       bitmapInfo: CGBitmapInfo(rawValue: CGImageAlphaInfo.noneSkipLast.rawValue),
+                       provider: provider, decode: nil, shouldInterpolate: false, intent: .defaultIntent)
     }
 
     /// Logits for an already preprocessed image (the uint8 crop and its float tensor).

@@ -13,6 +13,7 @@ final class DemoModel: ObservableObject {
     @Published var preview: UIImage?
     @Published var top5: [Prediction] = []
     @Published var latency = ""
+    @Published var vision = ""
     private var classifier: Classifier?
     private let prompt = "Take or choose a photo to classify it."
 
@@ -23,7 +24,8 @@ final class DemoModel: ObservableObject {
             let m = loaded.manifest
             classifier = loaded
             modelInfo = "\(m.variant.map { "ResTv2-\($0)" } ?? "ResTv2") · \(m.precision) · "
-                + "\(m.imageSize)×\(m.imageSize) · \(m.numClasses) classes · Core ML"
+                + "\(m.imageSize)×\(m.imageSize) · \(m.numClasses) classes · Core ML "
+                + "(\(m.computeUnits.rawValue)\(m.classifier != nil ? ", image classifier" : ""))"
             status = prompt
             ready = true
         } catch {
@@ -58,9 +60,13 @@ final class DemoModel: ObservableObject {
             top5 = result.top5
             latency = String(format: "inference %.1f ms · preprocessing %.1f ms",
                              result.inferenceMs, result.preprocessMs)
+            vision = result.vision.map {
+                String(format: "Vision: %@ (%.2f%%)", $0.label, $0.probability * 100)
+            } ?? ""
         } catch {
             top5 = []
             latency = ""
+            vision = ""
             self.error = error.localizedDescription
         }
     }
@@ -114,6 +120,9 @@ struct ContentView: View {
                                 }
                                 ProgressView(value: prediction.probability)
                             }
+                        }
+                        if !model.vision.isEmpty {
+                            Text(model.vision).font(.footnote)
                         }
                         Text(model.latency)
                             .font(.footnote)

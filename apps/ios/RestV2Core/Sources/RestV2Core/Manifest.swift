@@ -7,6 +7,28 @@ public struct ManifestError: Error, LocalizedError, Equatable {
     public var errorDescription: String? { message }
 }
 
+/// The Core ML compute units an export was made for (manifest `export.compute_units`, written
+/// by `restv2-edge export --target coreml`), spelled as coremltools' `ComputeUnit`. The app maps
+/// them onto `MLModelConfiguration.computeUnits` (this package has no Core ML dependency).
+public enum ComputeUnits: String, Equatable, Sendable, CaseIterable {
+    case all = "ALL"
+    case cpuOnly = "CPU_ONLY"
+    case cpuAndGPU = "CPU_AND_GPU"
+    case cpuAndNeuralEngine = "CPU_AND_NE"
+
+    /// What an export without the field meant: CPU only for fp32 (computes in fp32), else all.
+    public static func exportDefault(precision: String) -> ComputeUnits {
+        precision == "fp32" ? .cpuOnly : .all
+    }
+}
+
+/// The outputs of a Core ML image classifier (`--raw-input` export; manifest
+/// `export.classifier`): the predicted label and the label -> probability dictionary.
+public struct ClassifierOutputs: Equatable, Sendable {
+    public let label: String
+    public let probabilities: String
+}
+
 /// The fields of an artifact's manifest.json (written by `restv2-edge export`) that the app
 /// needs. Every preprocessing constant and every label comes from here, never from app code.
 public struct Manifest: Equatable {
@@ -29,13 +51,20 @@ public struct Manifest: Equatable {
     public let resizeSize: Int
     public let interpolation: Interpolation
     public let labels: [String]
+    /// Core ML compute units to load the model with (`export.compute_units`).
+    public let computeUnits: ComputeUnits
+    /// The classifier outputs of an image-classifier export (nil for a logits-only model).
+    public let classifier: ClassifierOutputs?
+    /// True when the input's batch dimension is flexible (`input.dynamic_batch`).
+    public let dynamicBatch: Bool
 
     /// True when the model takes raw RGB 0-255 and normalizes inside (e.g. `--raw-input`).
     public var rawInput: Bool {
         scale == 1 && std == [1, 1, 1] && mean == [0, 0, 0]
     }
 
-    /// Static batch size of the model input (images beyond the first are zero padding).
+    /// Batch size of the model input as exported (`input.shape[0]`; the app sends one image,
+    /// zero padded to it).
     public var batchSize: Int { inputShape[0] }
 
     /// Parse manifest.json; `readSibling` returns the text of a file next to it (for labels
@@ -99,6 +128,19 @@ public struct Manifest: Equatable {
             labels = try readSibling(file).split(whereSeparator: \.isNewline).map(String.init)
         }
         try need(labels.count == numClasses, "labels do not match num_classes")
+        dynamicBatch = raw.input.dynamicBatch ?? false
+        if let name = raw.export?.computeUnits {
+            guard let units = ComputeUnits(rawValue: name) else {
+                throw ManifestError("export.compute_units \(name) is not one of "
+                    + ComputeUnits.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            computeUnits = units
+        } else {
+            computeUnits = ComputeUnits.exportDefault(precision: precision)
+        }
+        classifier = raw.export?.classifier.map {
+            ClassifierOutputs(label: $0.labelOutput, probabilities: $0.probabilitiesOutput)
+        }
     }
 
     private static func describe(_ error: DecodingError) -> String {
@@ -125,8 +167,15 @@ public struct Manifest: Equatable {
             let cropPct: Double
             let interpolation: String?
             let resizeSize: Int?
+            let dynamicBatch: Bool?
         }
         struct Output: Decodable { let name: String }
+        /// The target's export record: only what the app reads (other keys are ignored).
+        struct Export: Decodable {
+            struct Classifier: Decodable { let labelOutput: String; let probabilitiesOutput: String }
+            let computeUnits: String?
+            let classifier: Classifier?
+        }
         enum Labels: Decodable {
             case list([String])
             case file(String)
@@ -149,5 +198,6 @@ public struct Manifest: Equatable {
         let input: Input
         let output: Output
         let labels: Labels
+        let export: Export?
     }
 }
