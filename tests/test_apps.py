@@ -290,6 +290,7 @@ def test_web_page_in_chromium(golden_onnx, onnx_export, work):
     # Chromium as the tests start it (--disable-gpu) offers no WebGPU adapter: wasm, reason shown
     _check_backend(report)
     assert {image["via"] for image in report["images"]} == {"file input", "drop"}
+    assert {tuple(image["feedShape"]) for image in report["images"]} == {(1, 3, 64, 64)}
     assert len(report["history"]) == len(read_golden(golden_onnx)["images"])
     # Chromium decodes these JPEGs exactly as Pillow does: the tensors are identical
     assert max(image["maxInputDiff"] for image in report["images"]) == 0.0
@@ -351,6 +352,21 @@ def test_web_page_refuses_webgpu_without_adapter(golden_onnx, onnx_export, work)
         "adapter (no usable GPU, or WebGPU is disabled for it in this browser)"
     )
     assert report["images"] == [] and report["modelInfo"] == "No model loaded."
+
+
+@pytest.mark.slow
+def test_web_page_runs_a_dynamic_batch_export(tiny_checkpoint, photo_dir, work):
+    """--dynamic-batch: the page feeds one image as batch 1 (no padding to the nominal batch)."""
+    _need_web(browser=True)
+    export = work / "export-onnx-dynamic"
+    result = run_cli("export", "--target", "onnx", "--weights", tiny_checkpoint, "--dynamic-batch",
+                     "--batch", "2", "--output", export)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((export / "manifest.json").read_text())["input"]["dynamic_batch"] is True
+    golden = _golden(export, work / "golden-onnx-dynamic", "--images", "2")
+    report = _e2e(golden, export, work, "web-dynamic")
+    _check_against_golden(report, golden)
+    assert {tuple(image["feedShape"]) for image in report["images"]} == {(1, 3, 64, 64)}
 
 
 # -- apps/scripts: the demo photos and the screenshot -----------------------------------------

@@ -232,7 +232,7 @@ async function classify(file) {
   const logits = Array.from(output.data.subarray(0, spec.numClasses));
   const top5 = topK(logits, spec.labels, 5);
   const timings = { preprocessMs: t1 - t0, inferenceMs: t2 - t1 };
-  demo.last = { name: file.name, width, height, top5, logits, input: tensor, ...timings };
+  demo.last = { name: file.name, width, height, top5, logits, input: tensor, feedShape: shape, ...timings };
   const entry = { id: demo.seq, name: file.name, url: URL.createObjectURL(file), top5, ...timings };
   remember(entry);
   render(entry);

@@ -148,6 +148,7 @@ async function waitFor(page, seq, timeout) {
         top5: d.last.top5,
         logits: d.last.logits,
         input: Array.from(d.last.input),
+        feedShape: d.last.feedShape,
         inferenceMs: d.last.inferenceMs,
         preprocessMs: d.last.preprocessMs,
       },
@@ -194,6 +195,7 @@ function check(image, result) {
     maxProbDiff,
     maxInputDiff,
     inputValuesDiffering: differing,
+    feedShape: page.feedShape,
     inferenceMs: page.inferenceMs,
     preprocessMs: page.preprocessMs,
   };
