@@ -233,22 +233,20 @@ def _finish(
 
     result = write_model(data, workdir, list(example.shape), "int8")
     keep = default_keep_float(quantizer, request)
-    result.quantization = {
-        **quantization_record(
-            request,
-            "minmax",
-            tool=TOOL,
-            activations="int8 asymmetric per-tensor static (inputs and outputs of the int8 ops)",
-            weights="int8 symmetric per-channel",
-            quantized_ops=list(QUANTIZED_OPS),
-            float_boundary="float32 input and output: QUANTIZE/DEQUANTIZE ops around each "
-            "int8 run; GELU, SOFTMAX, LayerNorm, BATCH_MATMUL, ADD, MUL float32",
-            head_float=quantizer.head,
-            quantized_layers=len(quantizer.layers) - len(keep),
-            quantizable_layers=len(quantizer.layers),
-        ),
-        "layers_kept_float": keep,
-    }
+    result.quantization = quantization_record(
+        request,
+        "minmax",
+        tool=TOOL,
+        activations="int8 asymmetric per-tensor static (inputs and outputs of the int8 ops)",
+        weights="int8 symmetric per-channel",
+        quantized_ops=list(QUANTIZED_OPS),
+        float_ops="everything else: QUANTIZE/DEQUANTIZE around each int8 run, float32 model "
+        "input and output, GELU, SOFTMAX, LayerNorm, BATCH_MATMUL, ADD, MUL",
+        head_float=quantizer.head,
+        locations={name: quantizer.by_name[name].location for name in keep},
+        quantized_layers=len(quantizer.layers) - len(keep),
+        quantizable_layers=len(quantizer.layers),
+    )
     return result
 
 
@@ -318,7 +316,7 @@ def export_int8_within_drop(
             progress(f"quantize, {len(keep)} kept float")
             logits = _logits(quantizer.quantize([*base, *keep]), images, batch, work)
             value = top1_percent(logits, labels)
-            trials.append({"kept_float": len(base) + len(keep), "top1": value})
+            trials.append({"kept_float": len(keep), "top1": value})
             return value
 
         def rank() -> list[dict[str, Any]]:
