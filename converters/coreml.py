@@ -377,8 +377,11 @@ def image_classifier_graph(graph: Any) -> tuple[Any, float, list[float]]:
     if isinstance(graph, RawInput):
         inv_std = graph.gain * 255.0
         bias = (graph.offset / inv_std).reshape(-1)
-        return classifier(graph.model, inv_std).eval(), 1.0 / 255.0, [float(b) for b in bias]
-    return classifier(graph, torch.ones(1, 3, 1, 1)).eval(), 1.0, [0.0, 0.0, 0.0]
+        module, scale, bias = classifier(graph.model, inv_std), 1.0 / 255.0, bias.tolist()
+    else:
+        module, scale, bias = classifier(graph, torch.ones(1, 3, 1, 1)), 1.0, [0.0, 0.0, 0.0]
+    module.training = False  # not .eval(): a PT2E graph refuses train()/eval()
+    return module, scale, bias
 
 
 @functools.lru_cache(maxsize=1)
@@ -408,34 +411,39 @@ def convert(
 
     ``graph`` is float, or a PT2E graph with quantize/dequantize ops (calibration/coreml.py,
     after ``fold_scalar_dequantize``); compute precision fp32 for fp32 requests, else fp16.
-    ``raw_input``: the image classifier (``image_classifier_graph``, ``ClassifierConfig``).
+    ``raw_input``: the image input of the classifier (``image_classifier_graph``), with outputs
+    ``logits`` and ``probabilities``; ``save`` makes it a classifier (after any weight
+    quantization, which cannot re-serialize a classifier's label list).
     """
     import coremltools as ct
 
-    precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
+    outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
     if request.raw_input:
         module, scale, bias = image_classifier_graph(graph)
         program = _torch_export(module, example, None)
-        progress("convert")
-        image = ct.ImageType(
-            name=INPUT_NAME,
-            shape=tuple(example.shape),
-            color_layout=ct.colorlayout.RGB,
-            scale=scale,
-            bias=bias,
-        )
-        labels = unique_labels(request.class_names or _numbered(example, graph))
-        return _convert_classifier(program, image, labels, target, precision)
-    sizes = batch_sizes(request)
-    program = _torch_export(graph, example, max(sizes) if request.dynamic_batch else None)
+        inputs = [
+            ct.ImageType(
+                name=INPUT_NAME,
+                shape=tuple(example.shape),
+                color_layout=ct.colorlayout.RGB,
+                scale=scale,
+                bias=bias,
+            )
+        ]
+        outputs.append(ct.TensorType(name=PROBABILITIES, dtype=np.float32))
+    else:
+        sizes = batch_sizes(request)
+        program = _torch_export(graph, example, max(sizes) if request.dynamic_batch else None)
+        shape = _input_shape(example, request)
+        inputs = [ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)]
     progress("convert")
-    tensor = ct.TensorType(name=INPUT_NAME, shape=_input_shape(example, request), dtype=np.float32)
+    precision = ct.precision.FLOAT32 if request.precision == "fp32" else ct.precision.FLOAT16
     try:
         with quiet():
             return ct.convert(
                 program,
-                inputs=[tensor],
-                outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+                inputs=inputs,
+                outputs=outputs,
                 convert_to="mlprogram",
                 minimum_deployment_target=target,
                 compute_precision=precision,
@@ -443,15 +451,6 @@ def convert(
             )
     except Exception as exc:
         raise ExportError(f"coremltools conversion failed: {first_line(exc)}") from exc
-
-
-def _numbered(example: Any, graph: Any) -> list[str]:
-    """Class names "0".."C-1" for a graph exported without names (C from one forward)."""
-    import torch
-
-    with torch.no_grad():
-        count = int(graph(example[:1]).shape[-1])
-    return [str(i) for i in range(count)]
 
 
 def _torch_export(graph: Any, example: Any, max_batch: int | None) -> Any:
@@ -482,39 +481,37 @@ def _input_shape(example: Any, request: ExportRequest) -> Any:
     return ct.EnumeratedShapes(shapes=shapes, default=(request.batch_size, *rest))
 
 
-def _convert_classifier(
-    program: Any, image: Any, labels: list[str], target: Any, precision: Any
-) -> Any:
-    """The classifier in two steps: the MIL program (every graph pass, fp32 ``logits`` and
-    ``probabilities``), then the ML program with ``ClassifierConfig`` on ``probabilities``.
+def make_classifier(mlmodel: Any, labels: Sequence[str], target: Any) -> Any:
+    """The image model of ``convert`` (outputs ``logits``, ``probabilities``) as a Core ML
+    classifier: ``ClassifierConfig`` on ``probabilities`` (outputs ``classLabel`` and
+    ``classLabel_probs``), ``logits`` kept, labels made unique (``unique_labels``).
 
-    One ``ct.convert`` cannot keep ``logits`` beside the classifier outputs: coremltools 9
-    then indexes the user's output types by the program's outputs, which the classify op
-    made one more (IndexError). The second step runs no main pass (``PassPipeline.EMPTY``):
-    the program is already optimized and typed.
+    A second ``ct.convert`` of the converted program, with no main pass
+    (``PassPipeline.EMPTY``: it is optimized and typed already). One ``ct.convert`` cannot keep
+    ``logits`` beside the classifier outputs: coremltools 9 then indexes the user's output types
+    by the program's outputs, which the classify op made one more (IndexError), so the output
+    types are cleared first. The image input's scale and bias are ops of the program already;
+    its input type is set again (weight quantization drops it) with scale 1 and bias 0, so that
+    the backend does not insert them twice.
     """
     import coremltools as ct
 
-    outputs = [
-        ct.TensorType(name=OUTPUT_NAME, dtype=np.float32),
-        ct.TensorType(name=PROBABILITIES, dtype=np.float32),
-    ]
     config = ct.ClassifierConfig(
-        labels, predicted_feature_name=CLASS_LABEL, predicted_probabilities_output=PROBABILITIES
+        unique_labels(labels),
+        predicted_feature_name=CLASS_LABEL,
+        predicted_probabilities_output=PROBABILITIES,
+    )
+    program = mlmodel._mil_program
+    main = program.functions["main"]
+    main.set_output_types(None)
+    shape = tuple(main.inputs[INPUT_NAME].shape)
+    main.set_input_types(
+        (ct.ImageType(INPUT_NAME, shape, channel_first=True, color_layout=ct.colorlayout.RGB),)
     )
     try:
         with quiet():
-            mil = ct.convert(
-                program,
-                inputs=[image],
-                outputs=outputs,
-                convert_to="milinternal",
-                minimum_deployment_target=target,
-                compute_precision=precision,
-            )
-            mil.functions["main"].set_output_types(None)
             return ct.convert(
-                mil,
+                program,
                 convert_to="mlprogram",
                 classifier_config=config,
                 pass_pipeline=ct.PassPipeline.EMPTY,
@@ -522,14 +519,27 @@ def _convert_classifier(
                 skip_model_load=True,
             )
     except Exception as exc:
-        raise ExportError(f"coremltools conversion failed: {first_line(exc)}") from exc
+        raise ExportError(f"coremltools classifier conversion failed: {first_line(exc)}") from exc
+
+
+def _class_names(request: ExportRequest, mlmodel: Any) -> list[str]:
+    """The request's class names, or "0".."C-1" (C from the logits output's shape)."""
+    if request.class_names is not None:
+        return list(request.class_names)
+    logits = {o.name: o for o in mlmodel.get_spec().description.output}[OUTPUT_NAME]
+    return [str(i) for i in range(int(logits.type.multiArrayType.shape[-1]))]
 
 
 def save(
     mlmodel: Any, workdir: Path, request: ExportRequest, target_name: str, progress: Progress
 ) -> ExportResult:
-    """Describe ``mlmodel`` (metadata from the request), save it into ``workdir`` and check the
-    saved program; the ExportResult of a Core ML artifact."""
+    """Describe ``mlmodel`` (metadata from the request; a ``raw_input`` model made a classifier
+    first, ``make_classifier``), save it into ``workdir`` and check the saved program; the
+    ExportResult of a Core ML artifact."""
+    if request.raw_input:
+        mlmodel = make_classifier(
+            mlmodel, _class_names(request, mlmodel), deployment_target(target_name)[1]
+        )
     describe(mlmodel, request, target_name)
     path = workdir / MODEL_FILE
     mlmodel.save(str(path))

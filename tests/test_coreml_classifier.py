@@ -28,6 +28,7 @@ from restv2_edge.converters.coreml import (  # noqa: E402
     CLASS_PROBABILITIES,
     PREVIEW_TYPE_KEY,
     convert,
+    make_classifier,
     unique_labels,
 )
 from restv2_edge.converters.mil import Program, read_package  # noqa: E402
@@ -205,7 +206,8 @@ def test_duplicate_class_names_become_unique_classifier_labels(tmp_path):
     names = ["crane", "maillot", "crane", "maillot"]
     request = ExportRequest(precision="fp32", raw_input=True, class_names=names)
     example = torch.rand(1, 3, 16, 16) * 255
-    mlmodel = convert(graph, example, request, ct.target.iOS17, lambda step: None)
+    image_model = convert(graph, example, request, ct.target.iOS17, lambda step: None)
+    mlmodel = make_classifier(image_model, names, ct.target.iOS17)
     mlmodel.save(str(tmp_path / "m.mlpackage"))
     program = Program.load(tmp_path / "m.mlpackage")
     pixels = np.rint(example.numpy())
@@ -243,3 +245,26 @@ def test_ios_app_reads_compute_units_and_classifier_outputs():
     assert "configuration.computeUnits = manifest.computeUnits.mlComputeUnits" in classifier
     assert "VNCoreMLRequest" in classifier and "VNClassificationObservation" in classifier
     assert "predictedFeatureName" in classifier
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights_only", [True, False], ids=["weights", "w8a8"])
+def test_int8_classifier(tiny_checkpoint, photo_dir, tmp_path, weights_only):
+    """int8 image classifiers: weight quantization before the classifier step (it cannot
+    re-serialize the label list), W8A8 with its whole normalization in the quantized graph."""
+    from restv2_edge.calibration.dataset import build_calibration_set
+
+    model = create_model(weights=tiny_checkpoint)
+    calib = build_calibration_set(photo_dir, 32, model.preprocessing, seed=0)
+    request = ExportRequest(
+        precision="int8",
+        raw_input=True,
+        calibration=calib,
+        quantization={"weights_only": weights_only},
+    )
+    folder, manifest = export_artifact(
+        model, "coreml", tmp_path / "a", request, parity_data=photo_dir, parity_limit=8
+    )
+    assert manifest.parity["status"] == "passed", manifest.parity
+    package = read_package(folder / manifest.model_file)
+    assert package.is_classifier and package.inputs[0].kind == "image"
