@@ -94,7 +94,7 @@ class LiteRTQuantizer:
         self.data = data
         self.layers = quantizable_layers(data)
         self.by_name = {layer.name: layer for layer in self.layers}
-        self.ranges = _calibrate(data, batches)
+        self.ranges = _calibrate(data, [layer.scope for layer in self.layers], batches)
 
     @property
     def head(self) -> list[str]:
@@ -134,6 +134,8 @@ def quantizable_layers(data: bytes) -> list[Layer]:
                 is_head=bool(outputs & {int(t) for t in op.outputs}),
             )
         )
+    if len({layer.scope for layer in layers}) != len(layers):  # tensor names are unique
+        raise ExportError("litert int8: two quantizable ops share their output tensor names")
     return layers
 
 
@@ -162,17 +164,16 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _calibrate(data: bytes, batches: list[np.ndarray]) -> dict[str, Any]:
-    """Min/max of every tensor over ``batches``, run in LiteRT's interpreter."""
+def _calibrate(data: bytes, scopes: list[str], batches: list[np.ndarray]) -> dict[str, Any]:
+    """Min/max of the tensors the ops ``scopes`` read and write, over ``batches``, run in
+    LiteRT's interpreter (the ranges of every later quantization: a subset of these ops)."""
     from ai_edge_quantizer import quantizer
     from restv2_edge.converters.litert import INPUT_NAME, SIGNATURE
 
     try:
         with _quiet():
             edit = quantizer.Quantizer(bytearray(data))
-            edit.load_quantization_recipe(
-                _recipe([layer.scope for layer in quantizable_layers(data)])
-            )
+            edit.load_quantization_recipe(_recipe(scopes))
             samples = [{INPUT_NAME: batch} for batch in batches]
             return edit.calibrate({SIGNATURE: samples}, num_threads=_cores())
     except Exception as exc:
