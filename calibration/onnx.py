@@ -263,11 +263,13 @@ class OnnxQuantizer:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def logits(self, session: Any, images: np.ndarray) -> np.ndarray:
-        """Logits of ``images`` in chunks of the graph's batch (a symbolic one: 64 at a time)."""
+        """Logits of ``images`` in chunks of the graph's batch (a static batch drops the last
+        partial chunk; a symbolic one takes 64 at a time, the last chunk shorter)."""
         first = session.get_inputs()[0].shape[0]
-        batch = first if isinstance(first, int) else min(len(images), 64)
+        batch = first if isinstance(first, int) else 64
+        stop = len(images) - batch + 1 if isinstance(first, int) else len(images)
         outs = []
-        for start in range(0, len(images) - batch + 1, batch):
+        for start in range(0, stop, batch):
             chunk = np.ascontiguousarray(images[start : start + batch], np.float32)
             outs.append(session.run(None, {self.input_name: chunk})[0])
         return np.concatenate(outs)
