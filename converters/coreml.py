@@ -177,6 +177,16 @@ def run_padded(
     return np.asarray(run(x), np.float32)[:count]
 
 
+def _input_feature(features: Sequence[Any]) -> Any:
+    """The model description's ``input`` feature (MILError, an ArtifactError, if missing)."""
+    from restv2_edge.converters.mil import MILError
+
+    for feature in features:
+        if feature.name == INPUT_NAME:
+            return feature
+    raise MILError(f"the Core ML model has no input named {INPUT_NAME!r}")
+
+
 class CoreMLRunner(Runner):
     """The Core ML framework (macOS) through coremltools' MLModel, on ``units``."""
 
@@ -189,7 +199,7 @@ class CoreMLRunner(Runner):
             self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[units])
         except Exception as exc:
             raise RunnerUnavailableError(f"Core ML cannot load {path.name}: {exc}") from exc
-        feature = {f.name: f for f in read_package(path).inputs}[INPUT_NAME]
+        feature = _input_feature(read_package(path).inputs)
         self.image_input = feature.kind == "image"
         self.sizes = feature.batch_sizes
         self.device = units
@@ -227,7 +237,7 @@ class InterpreterRunner(Runner):
 
         super().__init__(manifest.batch_size, manifest.dynamic_batch)
         self.program = Program.load(path)
-        feature = {f.name: f for f in self.program.package.inputs}[INPUT_NAME]
+        feature = _input_feature(self.program.package.inputs)
         self.image_input = feature.kind == "image"
         self.sizes = feature.batch_sizes
         self.fp16 = any(t.dtype == "fp16" for t in self.program.types.values())
