@@ -27,6 +27,11 @@ public enum ComputeUnits: String, Equatable, Sendable, CaseIterable {
 public struct ClassifierOutputs: Equatable, Sendable {
     public let label: String
     public let probabilities: String
+
+    public init(label: String, probabilities: String) {
+        self.label = label
+        self.probabilities = probabilities
+    }
 }
 
 /// The fields of an artifact's manifest.json (written by `restv2-edge export`) that the app

@@ -68,6 +68,27 @@ final class CoreTests: XCTestCase {
         XCTAssertThrowsError(try manifest.requireTarget("onnx"))
     }
 
+    func testComputeUnitsAndClassifierFromTheExportRecord() throws {
+        let base = Self.minimal.replacingOccurrences(of: "LABELS", with: "[\"cat\", \"dog\"]")
+        let old = try Manifest.parse(Data(base.utf8))  // before export.compute_units existed
+        XCTAssertEqual(old.computeUnits, .all)  // fp16: ALL
+        XCTAssertNil(old.classifier)
+        XCTAssertFalse(old.dynamicBatch)
+        let record = """
+        , "export": {"compute_units": "CPU_AND_NE", "op_types": {"conv": 3},
+                     "classifier": {"label_output": "classLabel", "probabilities_output": "classLabel_probs",
+                                    "labels": "..."}}}
+        """
+        let json = String(base.trimmingCharacters(in: .whitespacesAndNewlines).dropLast()) + record
+        let manifest = try Manifest.parse(Data(json.utf8))
+        XCTAssertEqual(manifest.computeUnits, .cpuAndNeuralEngine)
+        XCTAssertEqual(manifest.classifier, ClassifierOutputs(label: "classLabel", probabilities: "classLabel_probs"))
+        let bad = json.replacingOccurrences(of: "CPU_AND_NE", with: "NPU")
+        XCTAssertThrowsError(try Manifest.parse(Data(bad.utf8))) { error in
+            XCTAssertTrue(((error as? ManifestError)?.message ?? "").contains("compute_units NPU"))
+        }
+    }
+
     func testReadsLabelsFromASiblingFile() throws {
         let data = Data(Self.minimal.replacingOccurrences(of: "LABELS", with: "\"labels.txt\"").utf8)
         let manifest = try Manifest.parse(data) { name in
