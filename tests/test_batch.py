@@ -230,3 +230,53 @@ def test_older_manifest_without_dynamic_batch_is_static(dynamic_artifact, tmp_pa
     del data["input"]["dynamic_batch"]
     path.write_text(json.dumps(data))
     assert verify_files(copy).dynamic_batch is False
+
+
+# -- INT8 at a batch (slow: one calibrated export per case) -------------------------------------
+
+#: (target, batch request, quantization): max_drop runs the recipes' accuracy checks, which
+#: feed held-back images at their own batch (one at a time for OpenVINO)
+INT8_BATCH_CASES = [
+    ("onnx", {"batch_size": 2}, {}),
+    ("onnx", {"dynamic_batch": True}, {"max_drop": 50.0}),
+    ("openvino", {"batch_size": 2}, {"max_drop": 50.0}),
+    ("openvino", {"dynamic_batch": True}, {}),
+    ("executorch", {"batch_size": 2}, {}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("target", "batch", "quantization"),
+    INT8_BATCH_CASES,
+    ids=["onnx-batch2", "onnx-dynamic-max-drop", "openvino-batch2-max-drop", "openvino-dynamic",
+         "executorch-batch2"],
+)  # fmt: skip
+def test_int8_exports_at_a_batch(
+    target, batch, quantization, tiny_checkpoint, photo_dir, tmp_path, photos
+):
+    """Calibration at the artifact's batch (OpenVINO: quantized with a dynamic batch, then
+    reshaped); the artifact's own runtime runs 3 images, gated against the reference."""
+    from restv2_edge.calibration.dataset import build_calibration_set
+
+    from restv2_edge.factory import create_model
+    from restv2_edge.parity import compare
+
+    model = create_model(weights=tiny_checkpoint)
+    calib = build_calibration_set(photo_dir, 16, model.preprocessing, seed=0)
+    folder, manifest = export_tiny(
+        tiny_checkpoint,
+        target,
+        "int8",
+        tmp_path / target,
+        photo_dir,
+        calibration=calib,
+        quantization=quantization,
+        **batch,
+    )
+    assert manifest.parity["status"] == "passed", manifest.parity
+    assert manifest.batch_size == batch.get("batch_size", 1)
+    assert manifest.dynamic_batch == batch.get("dynamic_batch", False)
+    _, runner = open_artifact(folder)
+    oracle = oracle_model(tiny_checkpoint, **TINY_CONFIG)
+    assert compare(oracle_logits(oracle, photos), runner(photos))["cosine_mean"] > 0.99
