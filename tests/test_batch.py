@@ -23,6 +23,7 @@ from restv2_edge.converters.base import MAX_DYNAMIC_CHUNK, ExportRequest, Runner
 
 from restv2_edge import cli
 from restv2_edge.artifact import open_artifact
+from restv2_edge.bench.artifacts import bench_artifacts
 from restv2_edge.errors import ArtifactError, ExportError
 from restv2_edge.manifest import MANIFEST_NAME, verify_files
 from restv2_edge.parity import load_inputs
@@ -122,6 +123,10 @@ def test_dynamic_artifact_runs_batch_1_and_3_like_the_reference(
             logits, oracle_logits(oracle, photos[:count]), atol=FP32_TOLERANCE, rtol=0
         )
     assert sent == [1, 3]  # unpadded, one call each
+    report = bench_artifacts([folder], threads=1, warmup=0, runs=1, batch=3, memory=False)
+    (row,) = report["rows"]
+    assert (row["batch"], row["artifact_batch"], row["dynamic_batch"]) == (3, 1, True)
+    assert report["settings"]["batch"] == 3
 
 
 def test_dynamic_onnx_session_takes_three_images_directly(dynamic_artifact, oracle, photos):
@@ -148,6 +153,10 @@ def test_static_batch_2_is_recorded_and_padded(
     _, runner = open_artifact(folder)
     logits = runner(photos)  # 3 images: one batch of 2, one padded to 2
     np.testing.assert_allclose(logits, oracle_logits(oracle, photos), atol=FP32_TOLERANCE, rtol=0)
+    # bench times an artifact at its own batch unless told otherwise, and says so per row
+    (row,) = bench_artifacts([folder], threads=1, warmup=0, runs=1, memory=False)["rows"]
+    assert (row["batch"], row["artifact_batch"], row["dynamic_batch"]) == (2, 2, False)
+    assert row["per_image_ms"] == pytest.approx(row["median_ms"] / 2)
 
 
 def test_cli_refuses_dynamic_batch_where_the_target_has_none(tmp_path) -> None:
