@@ -265,6 +265,8 @@ class Converter(abc.ABC):
         RunnerUnavailableError, one line listing what is available, when it is not here.
         """
         available = self.available_devices(manifest)
+        if not available:
+            raise RunnerUnavailableError(f"{self.name}: its runtime reports no device here")
         if device is None:
             return available[0]
         name = self.match_device(str(device), available)
