@@ -269,7 +269,7 @@ def calibrate(**o: Any) -> None:
 
 
 #: export options that only some targets read (their descriptor or INT8 recipe lists them)
-TARGET_OPTIONS = ["deployment_target", "calib_method", "weights_only"]
+TARGET_OPTIONS = ["deployment_target", "compute_units", "calib_method", "weights_only"]
 #: export options that only an INT8 export reads
 INT8_OPTIONS = [
     "calib", "calib_data", "calib_size", "calib_method", "weights_only", "max_drop",
@@ -277,8 +277,15 @@ INT8_OPTIONS = [
 ]  # fmt: skip
 
 
-def build_model(variant: str | None, image_size: int | None, weights: str | None, out: Any):
-    """The PyTorch model to export; random weights come with a loud warning."""
+def build_model(
+    variant: str | None,
+    image_size: Any,
+    weights: str | None,
+    out: Any,
+    head: str = "classifier",
+):
+    """The PyTorch model to export (``head``: classifier or features); random weights come
+    with a loud warning."""
     from restv2_edge.factory import create_model
 
     if weights is None:
@@ -286,7 +293,7 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
             "[bold red]WARNING: no --weights given: exporting RANDOMLY INITIALIZED weights. "
             "Use such an artifact for pipeline tests only.[/]"
         )
-    return create_model(parse_variant(variant), image_size, None, weights)
+    return create_model(parse_variant(variant), image_size, None, weights, head=head)
 
 
 @main.command()
@@ -298,10 +305,14 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
 )
 @click.option(
     "--image-size",
-    type=ImageSize(),
+    type=ImageSize(pairs=True),
     default=None,
-    help="Input resolution (default 224 or the checkpoint's).",
+    help="Input resolution: one side or HxW, e.g. 384x640 (multiples of 32; default 224 or "
+    "the checkpoint's).",
 )
+@click.option("--head", type=click.Choice(["classifier", "features"]), default="classifier",
+              show_default=True, help="classifier: logits; features: the four stage maps "
+              "stage1..stage4 (a detection/segmentation backbone, docs/backbone.md).")  # fmt: skip
 @click.option(
     "--weights",
     type=click.Path(),
@@ -325,6 +336,12 @@ def build_model(variant: str | None, image_size: int | None, weights: str | None
     default=None,
     help="Minimum OS the artifact must load on, for targets that read it (Core ML: iOS17 "
     "unless given).",
+)
+@click.option(
+    "--compute-units",
+    default=None,
+    help="Compute units the artifact asks for, for targets that read them (Core ML: ALL, "
+    "CPU_ONLY, CPU_AND_GPU, CPU_AND_NE; default CPU_ONLY for fp32, ALL otherwise).",
 )
 @click.option("--output", type=OutputPath(), default=None, help="Artifact folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -366,6 +383,12 @@ def export(**o: Any) -> None:
         refuse_unused(INT8_OPTIONS, "without --int8")
     if o["max_drop"] is None:
         refuse_unused(["accuracy_data"], "without --max-drop")
+    if o["head"] == "features" and o["max_drop"] is not None:
+        raise click.UsageError("--max-drop measures top-1 accuracy: a classifier only")
+    if o["int8"] and isinstance(o["image_size"], tuple):
+        raise click.UsageError(
+            "--int8 takes a square --image-size (calibration sets are square center crops)"
+        )
     if o["output"]:
         from restv2_edge.publish import check_output
 
@@ -410,7 +433,7 @@ def export(**o: Any) -> None:
         request.quantization = quantization_settings(o)
     with StepProgress(out) as progress:
         progress("build")
-        model = build_model(o["variant"], o["image_size"], o["weights"], out)
+        model = build_model(o["variant"], o["image_size"], o["weights"], out, o["head"])
         if o["int8"]:
             from restv2_edge.calibration.dataset import request_calibration
 
@@ -441,9 +464,11 @@ def export(**o: Any) -> None:
 
 
 def model_label(model: Any) -> str:
-    from restv2_edge.config import variant_name
+    from restv2_edge.config import format_image_size, variant_name
 
-    return f"restv2-{variant_name(model.config) or 'custom'}-{model.image_size}"
+    head = "-features" if model.head_type == "features" else ""
+    size = format_image_size(model.image_size)
+    return f"restv2-{variant_name(model.config) or 'custom'}-{size}{head}"
 
 
 @main.command()
@@ -473,13 +498,13 @@ def parity(
     from restv2_edge.errors import ParityError
     from restv2_edge.export import artifact_model
     from restv2_edge.factory import create_model
-    from restv2_edge.parity import load_inputs, measure
+    from restv2_edge.parity import manifest_inputs, measure
 
     out = console()
     manifest, runner = open_artifact(artifact, device=device)
-    model = create_model(manifest.config, manifest.image_size, None, weights)
+    model = create_model(manifest.config, manifest.image_size, None, weights, head=manifest.head)
     reference = artifact_model(model, "native", manifest.raw_input)
-    inputs = load_inputs(manifest.preprocessing(), data, limit)
+    inputs = manifest_inputs(manifest, data, limit)
     record = measure(runner, reference, inputs, manifest.precision)
     if json_file:
         write_report(json_file, json.dumps(record, indent=2) + "\n")
@@ -551,6 +576,11 @@ def evaluate_command(model: str, data: str, split: str | None, limit: int | None
 
     from restv2_edge.evaluate import evaluate
 
+    if Path(model).is_dir():
+        from restv2_edge.artifact import require_classifier
+        from restv2_edge.manifest import Manifest
+
+        require_classifier(Manifest.read(model), model, "eval")
     out = console()
     with Progress(console=out, transient=True) as bar:
         task = bar.add_task("eval", total=None)

@@ -153,6 +153,15 @@ def test_unknown_deployment_target_is_one_line_error(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "x").exists()
 
 
+def test_unknown_compute_units_is_one_line_error(tmp_path, tiny_checkpoint):
+    result = run_cli(
+        "export", "--target", "coreml", "--weights", tiny_checkpoint,
+        "--compute-units", "GPU", "--output", tmp_path / "x",
+    )  # fmt: skip
+    assert_one_line_error(result, "compute units", "GPU", "CPU_AND_NE")
+    assert not (tmp_path / "x").exists()
+
+
 def test_rank_above_four_is_rejected(tmp_path):
     class FiveD(torch.nn.Module):
         def forward(self, x):

@@ -256,6 +256,8 @@ def test_export_names_its_photos(artifact, photo_dir):
          "without --max-drop"),
         (["export", "--target", "onnx", "--deployment-target", "iOS16"],
          "does nothing for onnx (read by coreml)"),
+        (["export", "--target", "litert", "--compute-units", "ALL"],
+         "does nothing for litert (read by coreml)"),
         (["export", "--target", "openvino", "--int8", "--calib-data", "x", "--calib-method",
           "minmax"], "does nothing for openvino (read by onnx)"),
         (["export", "--target", "executorch", "--int8", "--weights-only"],
