@@ -118,6 +118,10 @@ class ExportRequest:
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
     model_config: ModelConfig | None = None
+    #: "classifier" (one ``logits`` output) or "features" (``stage1..stage4``; docs/backbone.md)
+    head: str = "classifier"
+    #: the graph's output names, in order (``for_model``: the model's ``output_specs``)
+    output_names: tuple[str, ...] = ("logits",)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "quantization" and isinstance(value, Mapping):
@@ -126,11 +130,19 @@ class ExportRequest:
 
     def for_model(self, model: Any) -> ExportRequest:
         """A copy that carries ``model``'s preprocessing, class names (numbered when it has
-        none, as in the manifest) and config."""
+        none, as in the manifest; none for a features head), config, head and output names."""
         config = model.config
+        head = getattr(model, "head_type", "classifier")
         names = model.class_names or [str(i) for i in range(config.num_classes)]
+        specs = getattr(model, "output_specs", None)
+        outputs = tuple(spec.name for spec in specs(self.batch_size)) if specs else ("logits",)
         return replace(
-            self, preprocessing=model.preprocessing, class_names=list(names), model_config=config
+            self,
+            preprocessing=model.preprocessing,
+            class_names=list(names) if head == "classifier" else [],
+            model_config=config,
+            head=head,
+            output_names=outputs,
         )
 
 
@@ -145,6 +157,8 @@ class ExportResult:
     versions: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
+    #: every output name, in order, where the graph has several (features head)
+    output_names: list[str] | None = None
 
 
 class Runner(abc.ABC):
@@ -152,6 +166,9 @@ class Runner(abc.ABC):
 
     A static runner takes exactly the exported batch; a dynamic one (``dynamic_batch``) any
     count, which ``__call__`` sends unpadded in chunks of at most ``MAX_DYNAMIC_CHUNK``.
+    A features artifact's runner returns a list of arrays (``stage1..stage4``, in the
+    manifest's ``outputs`` order) from ``run_batch`` and ``__call__`` alike; a classifier's
+    returns the one logits array.
     """
 
     #: human-readable runtime name (and the device it runs on), recorded in parity reports
@@ -164,17 +181,18 @@ class Runner(abc.ABC):
         self.dynamic_batch = dynamic_batch
 
     @abc.abstractmethod
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
-        """``batch_size`` inputs (float32 NCHW; dynamic: 1..MAX_DYNAMIC_CHUNK) -> logits."""
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """``batch_size`` inputs (float32 NCHW; dynamic: 1..MAX_DYNAMIC_CHUNK) -> logits
+        (a features artifact: the list of its outputs)."""
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
         """Any number of inputs: chunked (and the last chunk padded) to the static batch, or
         sent as they are in chunks of at most ``MAX_DYNAMIC_CHUNK`` by a dynamic runner."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dynamic_batch:
-            return np.concatenate(
+            return _joined(
                 [
-                    np.asarray(self.run_batch(x[start : start + MAX_DYNAMIC_CHUNK]), np.float32)
+                    _as_outputs(self.run_batch(x[start : start + MAX_DYNAMIC_CHUNK]))
                     for start in range(0, x.shape[0], MAX_DYNAMIC_CHUNK)
                 ]
             )
@@ -185,8 +203,22 @@ class Runner(abc.ABC):
             if count < self.batch_size:
                 pad = np.zeros((self.batch_size - count, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            outputs.append(np.asarray(self.run_batch(chunk), dtype=np.float32)[:count])
-        return np.concatenate(outputs)
+            outputs.append(_as_outputs(self.run_batch(chunk), count))
+        return _joined(outputs)
+
+
+def _as_outputs(result: Any, count: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """A run_batch result as float32 (the first ``count`` rows): one array, or a list."""
+    if isinstance(result, (list, tuple)):
+        return [np.asarray(part, dtype=np.float32)[:count] for part in result]
+    return np.asarray(result, dtype=np.float32)[:count]
+
+
+def _joined(chunks: list[Any]) -> np.ndarray | list[np.ndarray]:
+    """Chunks concatenated along the batch: per output where each chunk is a list."""
+    if chunks and isinstance(chunks[0], list):
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+    return np.concatenate(chunks)
 
 
 class Converter(abc.ABC):
@@ -319,7 +351,10 @@ def half_precision(model: Any) -> Any:
             super().__init__()
             self.inner = copy.deepcopy(inner).half()
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x.half()).float()
+        def forward(self, x: torch.Tensor) -> Any:
+            result = self.inner(x.half())
+            if isinstance(result, tuple):
+                return tuple(part.float() for part in result)
+            return result.float()
 
     return HalfPrecision(model).eval()

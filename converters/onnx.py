@@ -65,8 +65,10 @@ class OnnxRunner(Runner):
         used = ", ".join(self.session.get_providers())
         self.description = f"onnxruntime {ort.__version__} ({used})"
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The logits; a features artifact: every output, in the graph's order."""
+        outputs = self.session.run(None, {self.input_name: x})
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
 class OnnxConverter(Converter):
@@ -87,7 +89,7 @@ class OnnxConverter(Converter):
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(request.output_names),
                 external_data=False,
                 verbose=False,
                 **(dynamic if request.dynamic_batch else {}),
@@ -103,7 +105,8 @@ class OnnxConverter(Converter):
         return ExportResult(
             model_file=MODEL_FILE,
             input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
+            output_name=request.output_names[0],
+            output_names=list(request.output_names),
             versions=_versions(),
             info={"opset": OPSET, "nodes": len(proto.graph.node)},
         )

@@ -74,9 +74,11 @@ class OpenVinoRunner(Runner):
             f"OpenVINO {ov.__version__.split('-')[0]} ({_placement(self.compiled, device)})"
         )
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The logits; a features artifact: every output, in the graph's order."""
         result = self.request.infer({0: x})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+        outputs = [np.array(result[port], dtype=np.float32) for port in self.compiled.outputs]
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
 def _placement(compiled: Any, device: str) -> str:
@@ -112,11 +114,15 @@ class OpenVinoConverter(Converter):
         except Exception as exc:
             raise ExportError(f"openvino convert_model failed: {first_line(exc)}") from exc
         progress("convert")
-        if len(converted.inputs) != 1 or len(converted.outputs) != 1:
-            raise ExportError("openvino model must have exactly one input and one output")
+        names = list(request.output_names)
+        if len(converted.inputs) != 1 or len(converted.outputs) != len(names):
+            raise ExportError(
+                f"openvino model must have exactly one input and {len(names)} output(s)"
+            )
         check_shapes(converted, request.dynamic_batch)
         converted.inputs[0].get_tensor().set_names({INPUT_NAME})
-        converted.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+        for port, name in zip(converted.outputs, names):
+            port.get_tensor().set_names({name})
         canonical_names(converted)
         compress = request.precision == "fp16"
         ov.save_model(converted, str(workdir / MODEL_FILE), compress_to_fp16=compress)
@@ -126,7 +132,8 @@ class OpenVinoConverter(Converter):
         return ExportResult(
             model_file=MODEL_FILE,
             input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
+            output_name=names[0],
+            output_names=names,
             versions={"openvino": ov.__version__.split("-")[0]},
             info={
                 "weights_file": WEIGHTS_FILE,
@@ -179,7 +186,8 @@ def _real(name: str, real: list[str]) -> bool:
 
 def check_shapes(model: Any, dynamic_batch: bool) -> None:
     """The input and output are static but for a dynamic batch (dimension 0) when asked."""
-    for kind, value in (("input", model.inputs[0]), ("output", model.outputs[0])):
+    ports = [("input", model.inputs[0])] + [("output", port) for port in model.outputs]
+    for kind, value in ports:
         shape = value.get_partial_shape()
         if shape.rank.is_dynamic:
             raise ExportError(f"openvino model has a dynamic {kind} rank")

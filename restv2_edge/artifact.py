@@ -9,8 +9,9 @@ import numpy as np
 from PIL import Image
 
 from restv2_edge.converters.base import Runner, get_converter
+from restv2_edge.errors import ArtifactError
 from restv2_edge.manifest import Manifest, verify_files
-from restv2_edge.preprocess import preprocess_image
+from restv2_edge.parity import image_input
 
 
 def open_artifact(
@@ -21,6 +22,16 @@ def open_artifact(
     manifest = verify_files(folder)
     converter = get_converter(manifest.target)
     return manifest, converter.open_runner(Path(folder), manifest, threads, device)
+
+
+def require_classifier(manifest: Manifest, folder: str | os.PathLike[str], command: str) -> None:
+    """A features (backbone) artifact has no classes: one line saying so for ``command``."""
+    if manifest.features:
+        raise ArtifactError(
+            f"{folder} is a features artifact (outputs "
+            f"{', '.join(manifest.output_names)}, no classes): {command} needs a classifier; "
+            "`restv2-edge golden` and `bench` run a features artifact"
+        )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,9 +54,9 @@ def classify(
     device: str | None = None,
 ) -> list[list[dict[str, object]]]:
     """Top-k for each image, using only the manifest and the target runtime (on ``device``)."""
+    require_classifier(Manifest.read(folder), folder, "predict")
     manifest, runner = open_artifact(folder, device=device)
-    pre = manifest.preprocessing()
-    batch = np.stack([preprocess_image(image, pre) for image in images])
+    batch = np.stack([image_input(manifest, image) for image in images])
     logits = runner(batch)
     names = manifest.class_names(Path(folder))
     return [top_k(row, names, k) for row in logits]

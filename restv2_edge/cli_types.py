@@ -49,18 +49,31 @@ class FiniteFloat(click.ParamType):
 
 
 class ImageSize(click.ParamType):
-    """An input side the model can take: a multiple of 32 in 64..MAX_IMAGE_SIZE."""
+    """An input side the model can take: a multiple of 32 in 64..MAX_IMAGE_SIZE; with
+    ``pairs`` also ``HxW`` (height x width, e.g. ``384x640``; ``224x224`` is read as 224)."""
 
     name = "pixels"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        from restv2_edge.config import check_image_size
+    def __init__(self, pairs: bool = False) -> None:
+        self.pairs = pairs
+        if pairs:
+            self.name = "pixels|HxW"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from restv2_edge.config import canonical_image_size, check_image_size
         from restv2_edge.errors import ConfigError
 
+        if isinstance(value, (int, tuple)):
+            return value
+        text = str(value).strip().lower()
         try:
-            return check_image_size(int(value))
+            if self.pairs and "x" in text:
+                height, width = (int(side) for side in text.split("x"))
+                return canonical_image_size(check_image_size((height, width)))
+            return check_image_size(int(text))
         except ValueError:
-            self.fail(f"{value!r} is not an integer", param, ctx)
+            form = "an integer or HxW (e.g. 384x640)" if self.pairs else "an integer"
+            self.fail(f"{value!r} is not {form}", param, ctx)
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
 

@@ -27,9 +27,10 @@ from restv2_edge.errors import (
     first_line,
 )
 from restv2_edge.factory import with_form
-from restv2_edge.manifest import Manifest, verify_files
+from restv2_edge.manifest import CENTER_CROP, STRETCH, Manifest, verify_files
 from restv2_edge.model import RawInput, ResTV2, fold_attention_scale
-from restv2_edge.parity import load_inputs, measure
+from restv2_edge.parity import manifest_inputs, measure
+from restv2_edge.preprocess import Preprocessing
 from restv2_edge.publish import staged_dir
 
 Progress = Callable[[str], None]
@@ -39,9 +40,15 @@ def artifact_model(model: ResTV2, form: str, raw_input: bool) -> torch.nn.Module
     """The graph a converter exports: the model in ``form``, optionally taking raw RGB."""
     graph = with_form(model, form) if model.form != form else model
     if raw_input:
-        pre = model.preprocessing
+        pre = normalization(model)
         graph = RawInput(graph, pre.mean, pre.std)
     return graph.eval()
+
+
+def normalization(model: ResTV2) -> Preprocessing:
+    """The model's preprocessing; for a non-square size (which has none: no square crop)
+    the default mean, std and scale with the height as ``image_size``."""
+    return model.preprocessing or Preprocessing(image_size=model.input_hw[0])
 
 
 def export_graph(model: ResTV2, form: str, raw_input: bool) -> torch.nn.Module:
@@ -53,36 +60,42 @@ def export_graph(model: ResTV2, form: str, raw_input: bool) -> torch.nn.Module:
 def build_manifest(
     model: ResTV2, target: str, request: ExportRequest, result: Any, form: str
 ) -> Manifest:
-    pre = model.preprocessing.raw() if request.raw_input else model.preprocessing
-    size = model.image_size
-    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    pre = normalization(model)
+    pre = pre.raw() if request.raw_input else pre
+    height, width = model.input_hw
+    square = height == width
+    features = model.head_type == "features"
+    specs = [spec.to_dict() for spec in model.output_specs(request.batch_size)]
+    load = getattr(model, "load_result", None)
     return Manifest(
         target=target,
         precision=request.precision,
-        image_size=size,
-        num_classes=model.config.num_classes,
+        image_size=height if square else [height, width],
+        num_classes=None if features else model.config.num_classes,
         model_file=result.model_file,
         variant=variant_name(model.config),
         config=model.config.to_dict(),
         graph_form=form,
         input={
             "name": result.input_name,
-            "shape": [request.batch_size, 3, size, size],
+            "shape": [request.batch_size, 3, height, width],
             "dynamic_batch": request.dynamic_batch,
             "dtype": "float32",
             "layout": result.layout,
             "scale": pre.scale,
             "mean": list(pre.mean),
             "std": list(pre.std),
-            "crop_pct": pre.crop_pct,
+            "resize": CENTER_CROP if square else STRETCH,
+            "crop_pct": pre.crop_pct if square else 1.0,
             "interpolation": pre.interpolation,
-            "resize_size": pre.resize_size(),
+            "resize_size": pre.resize_size() if square else [height, width],
         },
-        output={
-            "name": result.output_name,
-            "shape": [request.batch_size, model.config.num_classes],
-        },
-        labels=list(names),
+        output=None if features else {"name": result.output_name, "shape": specs[0]["shape"]},
+        labels=list(request.class_names or []),
+        head=model.head_type,
+        outputs=specs,
+        output_norms=model.output_norms,
+        checkpoint_layout=getattr(load, "layout", None),
         versions={"restv2_edge": __version__, "torch": torch.__version__, **result.versions},
         export={**result.info, "options": request.options},
         quantization=result.quantization,
@@ -151,7 +164,7 @@ def _verify(
             runner = converter.load(work, manifest)
     except RunnerUnavailableError as exc:
         return {"status": "not run", "reason": str(exc)}
-    inputs = load_inputs(manifest.preprocessing(), data, limit)
+    inputs = manifest_inputs(manifest, data, limit)
     return measure(runner, reference, inputs, request.precision)
 
 
@@ -169,8 +182,7 @@ def backend_errors(step: str) -> Iterator[None]:
 def _example_input(model: ResTV2, request: ExportRequest) -> torch.Tensor:
     """The tracing input: the request's batch, and at least 2 for a dynamic batch (torch.export
     specializes a dimension whose example size is 1, which would make it static again)."""
-    size = model.image_size
     generator = torch.Generator().manual_seed(0)
     batch = max(request.batch_size, 2) if request.dynamic_batch else request.batch_size
-    x = torch.randn(batch, 3, size, size, generator=generator)
+    x = torch.randn(batch, 3, *model.input_hw, generator=generator)
     return (x * 60 + 120).clamp(0, 255) if request.raw_input else x

@@ -14,6 +14,11 @@ top-k against these files. The format is documented in apps/README.md; in short:
 an ICC profile (not applied) and its EXIF orientation (``decoded.rgb`` is before it; the
 resized crop and the input are of the upright photo, as the apps compute them), the logits
 the artifact's own runtime computed, and the top-5 (index, label, softmax probability).
+
+A features artifact (``head`` "features") has no logits: each image lists ``outputs``, one
+float32 file per output (``000/stage1.f32``, (1, C, H/stride, W/stride)) with its name, path,
+shape and dtype. A stretch-resized (non-square) artifact's ``resized.rgb`` is the photo
+resized to exactly (H, W, 3), no crop.
 """
 
 from __future__ import annotations
@@ -98,8 +103,8 @@ def write_golden(
     output = Path(output)
     check_output(output, force)
     manifest, runner = open_artifact(artifact)
-    names = manifest.class_names(artifact)
-    pre = manifest.preprocessing()
+    names = [] if manifest.features else manifest.class_names(artifact)
+    pre = manifest.normalization()
     source, keys = _photos(data, images)
 
     with staged_dir(output, force) as work:
@@ -118,7 +123,8 @@ def write_golden(
             (work / photo).write_bytes(raw)
             decoded = np.asarray(image, dtype=np.uint8)
             icc, orientation = _photo_metadata(raw)
-            resized = resize_and_crop(upright_image(image, orientation), pre)
+            upright = upright_image(image, orientation)
+            resized = _resized(upright, manifest, pre, resize_and_crop)
             tensor = normalize(resized, pre)[None]
             inputs.append(tensor)
             entries.append(
@@ -136,11 +142,14 @@ def write_golden(
             )
         if not entries:
             raise DataError(f"{source.location}: no readable photo for golden vectors")
-        logits = runner(np.concatenate(inputs))
-        k = min(TOP_K, manifest.num_classes)
-        for entry, row in zip(entries, logits):
-            entry["logits"] = [float(v) for v in np.asarray(row, dtype=np.float32)]
-            entry["top5"] = top_k(row, names, k)
+        result = runner(np.concatenate(inputs))
+        if manifest.features:
+            _write_outputs(work, entries, manifest.output_names, result)
+        else:
+            k = min(TOP_K, manifest.num_classes)
+            for entry, row in zip(entries, result):
+                entry["logits"] = [float(v) for v in np.asarray(row, dtype=np.float32)]
+                entry["top5"] = top_k(row, names, k)
         model_entry = next(
             (f for f in manifest.files if f["path"] == manifest.model_file),
             {"sha256": None},
@@ -164,6 +173,30 @@ def write_golden(
     return output, index
 
 
+def _resized(image: Any, manifest: Any, pre: Any, crop: Any) -> np.ndarray:
+    """The upright photo as the input's pixels: center crop, or straight to (H, W)."""
+    if manifest.resize == "center_crop":
+        return crop(image, pre)
+    from PIL import Image
+
+    height, width = manifest.input_hw
+    filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+    resized = image.convert("RGB").resize((width, height), filters[pre.interpolation])
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _write_outputs(
+    work: Path, entries: list[dict[str, Any]], names: list[str], maps: list[np.ndarray]
+) -> None:
+    """A features artifact's outputs: one float32 file per image and output."""
+    for index, entry in enumerate(entries):
+        folder = entry["photo"].split("/")[0]
+        entry["outputs"] = [
+            {"name": name, **_write_array(work, f"{folder}/{name}.f32", array[index : index + 1])}
+            for name, array in zip(names, maps)
+        ]
+
+
 def read_golden(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The golden index with each image's arrays loaded (``decoded``, ``resized``, ``input``)."""
     folder = Path(folder)
@@ -179,4 +212,7 @@ def read_golden(folder: str | os.PathLike[str]) -> dict[str, Any]:
             entry[name + "_array"] = np.frombuffer(raw, dtypes[spec["dtype"]]).reshape(
                 spec["shape"]
             )
+        for spec in entry.get("outputs", []):
+            raw = (folder / spec["path"]).read_bytes()
+            spec["array"] = np.frombuffer(raw, dtypes[spec["dtype"]]).reshape(spec["shape"])
     return index

@@ -3,6 +3,10 @@
 The artifact expects ``(rgb_uint8 * scale - mean) / std`` per channel in ``input.layout``,
 computed on an image resized (shorter side to image_size / crop_pct, bicubic) and
 center-cropped to image_size. A raw-input artifact has scale 1, mean 0, std 1.
+A non-square artifact (``image_size`` [height, width]) has ``input.resize`` "stretch": the
+image is resized to exactly height x width (no crop, aspect ratio not kept). A features
+artifact (``head`` "features") lists its outputs in ``outputs`` and has no classes
+(``num_classes`` null, ``labels`` empty, ``output`` null); docs/manifest.md.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 #: a manifest is a few kB (1000 labels included); anything far larger is not one
 MAX_MANIFEST_BYTES = 4 << 20
+#: ``input.resize``: shorter side to image_size / crop_pct, then a center crop (the default)
+CENTER_CROP = "center_crop"
+#: ``input.resize``: straight to height x width (a non-square input)
+STRETCH = "stretch"
 
 
 def sha256_file(path: Path) -> str:
@@ -46,11 +54,11 @@ def list_files(folder: Path) -> list[dict[str, Any]]:
 class Manifest:
     target: str
     precision: str
-    image_size: int
-    num_classes: int
+    image_size: int | list[int]
+    num_classes: int | None
     model_file: str
     input: dict[str, Any]
-    output: dict[str, Any]
+    output: dict[str, Any] | None
     labels: list[str] | str
     variant: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +69,14 @@ class Manifest:
     export: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
+    #: "classifier" or "features" (absent in older manifests: classifier)
+    head: str = "classifier"
+    #: every graph output, in order: {name, shape, stride, channels}
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    #: features: "checkpoint" (norm_1..norm_4 applied) or "identity"; null for a classifier
+    output_norms: str | None = None
+    #: the weights' layout (classification, detectron2, mmseg); null without weights
+    checkpoint_layout: str | None = None
 
     # -- input conventions -------------------------------------------------------------
 
@@ -76,13 +92,49 @@ class Manifest:
         return bool(self.input.get("dynamic_batch", False))
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """The input's (height, width)."""
+        if isinstance(self.image_size, (list, tuple)):
+            return int(self.image_size[0]), int(self.image_size[1])
+        return int(self.image_size), int(self.image_size)
+
+    @property
+    def features(self) -> bool:
+        """Whether this is a backbone artifact (several feature maps, no classes)."""
+        return self.head == "features"
+
+    @property
+    def resize(self) -> str:
+        """How an image becomes the input: CENTER_CROP or STRETCH (``input.resize``)."""
+        return self.input.get("resize", CENTER_CROP)
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's output names, in the order a runner returns them."""
+        if self.outputs:
+            return [entry["name"] for entry in self.outputs]
+        return [self.output["name"]] if self.output else []
+
+    @property
     def raw_input(self) -> bool:
         return self.input.get("scale") == 1.0 and self.input.get("std") == [1.0, 1.0, 1.0]
 
     def preprocessing(self) -> Preprocessing:
-        """The eval transform this artifact expects, as a Preprocessing."""
+        """The eval transform this artifact expects, as a Preprocessing (a square center
+        crop). A stretch-resized (non-square) artifact has none: ``normalization`` and
+        ``parity.image_input`` serve it."""
+        if self.resize != CENTER_CROP:
+            raise ArtifactError(
+                f"this artifact's input is a {self.resize} resize to "
+                f"{self.input_hw[0]}x{self.input_hw[1]}, not a square center crop"
+            )
+        return self.normalization()
+
+    def normalization(self) -> Preprocessing:
+        """Scale, mean and std (and the crop geometry where there is one) as a Preprocessing;
+        for a stretch-resized artifact only its scale, mean, std and interpolation apply."""
         return Preprocessing(
-            image_size=self.image_size,
+            image_size=self.input_hw[0],
             crop_pct=float(self.input["crop_pct"]),
             mean=tuple(self.input["mean"]),
             std=tuple(self.input["std"]),
@@ -113,6 +165,10 @@ class Manifest:
             "files",
             "input",
             "output",
+            "head",
+            "outputs",
+            "output_norms",
+            "checkpoint_layout",
             "labels",
             "versions",
             "parity",

@@ -30,7 +30,14 @@ _KNOWN = (
     "export",
     "quantization",
     "format_version",
+    "head",
+    "outputs",
+    "output_norms",
+    "checkpoint_layout",
 )
+HEADS = ("classifier", "features")
+OUTPUT_NORMS = ("checkpoint", "identity")
+RESIZES = ("center_crop", "stretch")
 
 
 def _is_int(value: Any) -> bool:
@@ -78,8 +85,76 @@ def check_manifest(data: Any, reader_version: int) -> list[str]:
     problems += _check_core(data)
     problems += _check_files(data)
     problems += _check_input(data)
+    problems += _check_head(data)
     problems += _check_output_and_labels(data)
     return problems
+
+
+def _image_hw(value: Any) -> tuple[int, int] | None:
+    """``image_size`` as (height, width): an int side or a [height, width] pair (None: neither)."""
+    if _positive_int(value, MAX_IMAGE_SIZE):
+        return value, value
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(_positive_int(v, MAX_IMAGE_SIZE) for v in value)
+    ):
+        return value[0], value[1]
+    return None
+
+
+def _features(data: dict[str, Any]) -> bool:
+    return data.get("head", "classifier") == "features"
+
+
+def _check_head(data: dict[str, Any]) -> list[str]:
+    head = data.get("head", "classifier")
+    if head not in HEADS:
+        return [f"head must be one of {', '.join(HEADS)} (got {head!r})"]
+    found = []
+    norms = data.get("output_norms")
+    if head == "features" and norms not in OUTPUT_NORMS:
+        found.append(f"output_norms must be one of {', '.join(OUTPUT_NORMS)} for a features head")
+    if head == "classifier" and norms is not None:
+        found.append("output_norms must be null for a classifier")
+    layout = data.get("checkpoint_layout")
+    if layout is not None and not isinstance(layout, str):
+        found.append("checkpoint_layout must be a string or null")
+    outputs = data.get("outputs", [])
+    if head == "features" and not outputs:
+        found.append("a features manifest must list its outputs")
+    if not isinstance(outputs, list):
+        return [*found, "outputs must be a list"]
+    batch = _input_batch(data)
+    for entry in outputs:
+        problem = _output_entry_problem(entry, batch)
+        if problem:
+            return [*found, problem]
+    return found
+
+
+def _input_batch(data: dict[str, Any]) -> int | None:
+    shape = data["input"].get("shape") if isinstance(data["input"], dict) else None
+    if isinstance(shape, list) and shape and _positive_int(shape[0]):
+        return shape[0]
+    return None
+
+
+def _output_entry_problem(entry: Any, batch: int | None) -> str | None:
+    """Why one ``outputs`` entry is unusable (None: fine)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return "every outputs entry must be an object with a name"
+    shape = entry.get("shape")
+    if not (isinstance(shape, list) and shape and all(_positive_int(v) for v in shape)):
+        return f"outputs {entry['name']}: shape must be a list of positive integers"
+    if batch is not None and shape[0] != batch:
+        return f"outputs {entry['name']}: shape {shape} does not start with the input batch {batch}"
+    stride, channels = entry.get("stride"), entry.get("channels")
+    if stride is not None and not _positive_int(stride):
+        return f"outputs {entry['name']}: stride must be a positive integer or null"
+    if not _positive_int(channels):
+        return f"outputs {entry['name']}: channels must be a positive integer"
+    return None
 
 
 def _check_core(data: dict[str, Any]) -> list[str]:
@@ -91,9 +166,12 @@ def _check_core(data: dict[str, Any]) -> list[str]:
         found.append(f"target must be one of {', '.join(targets)} (got {data['target']!r})")
     if data["precision"] not in PRECISIONS:
         found.append(f"precision must be one of {', '.join(PRECISIONS)}")
-    if not _positive_int(data["image_size"], MAX_IMAGE_SIZE):
-        found.append(f"image_size must be an integer in 1..{MAX_IMAGE_SIZE}")
-    if not _positive_int(data["num_classes"], 1_000_000):
+    if _image_hw(data["image_size"]) is None:
+        found.append(f"image_size must be an integer or [height, width] in 1..{MAX_IMAGE_SIZE}")
+    if _features(data):
+        if data["num_classes"] is not None:
+            found.append("num_classes must be null for a features head")
+    elif not _positive_int(data["num_classes"], 1_000_000):
         found.append("num_classes must be a positive integer")
     for key, kind in (
         ("config", dict),
@@ -147,10 +225,12 @@ def _check_input(data: dict[str, Any]) -> list[str]:
     shape = spec["shape"]
     if not (isinstance(shape, list) and len(shape) == 4 and all(_positive_int(v) for v in shape)):
         found.append("input.shape must be four positive integers")
-    elif _positive_int(data["image_size"]) and (
-        shape[1] != 3 or shape[2] != data["image_size"] or shape[3] != data["image_size"]
+    elif _image_hw(data["image_size"]) and (
+        shape[1] != 3 or tuple(shape[2:]) != _image_hw(data["image_size"])
     ):
         found.append(f"input.shape {shape} does not match image_size {data['image_size']}")
+    if spec.get("resize", "center_crop") not in RESIZES:
+        found.append(f"input.resize must be one of {', '.join(RESIZES)}")
     if not isinstance(spec["name"], str) or not isinstance(spec["layout"], str):
         found.append("input.name and input.layout must be strings")
     if not isinstance(spec.get("dynamic_batch", False), bool):
@@ -188,7 +268,9 @@ def _batch_mismatch(data: dict[str, Any]) -> bool:
 def _check_output_and_labels(data: dict[str, Any]) -> list[str]:
     found = []
     spec = data["output"]
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+    if spec is None and _features(data):
+        pass
+    elif not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         found.append("output must be an object with a name")
     elif spec.get("shape") is not None and not (
         isinstance(spec["shape"], list) and all(_positive_int(v) for v in spec["shape"])
@@ -203,6 +285,8 @@ def _check_output_and_labels(data: dict[str, Any]) -> list[str]:
     if isinstance(labels, list):
         if not all(isinstance(label, str) for label in labels):
             found.append("labels must be a list of strings")
+        elif _features(data) and labels:
+            found.append("labels must be empty for a features head")
         elif _is_int(data["num_classes"]) and len(labels) != data["num_classes"]:
             found.append(f"{len(labels)} labels for num_classes {data['num_classes']}")
     elif isinstance(labels, str):

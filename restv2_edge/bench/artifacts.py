@@ -71,6 +71,7 @@ def bench_artifacts(
             "precision": manifest.precision,
             "variant": manifest.variant or "custom",
             "image_size": manifest.image_size,
+            "head": manifest.head,
             "runner": runner.description,
             "device": runner.device,
             "batch": size,

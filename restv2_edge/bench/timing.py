@@ -86,7 +86,7 @@ def check_counts(warmup: int, runs: int, batch: int) -> None:
 def bench_input(manifest: Any, batch: int, seed: int = 0) -> np.ndarray:
     """A seeded batch in the artifact's input convention (normalized, or raw 0-255)."""
     rng = np.random.default_rng(seed)
-    shape = (batch, 3, manifest.image_size, manifest.image_size)
+    shape = (batch, 3, *manifest.input_hw)
     if manifest.raw_input:
         return rng.uniform(0, 255, shape).astype(np.float32)
     return rng.standard_normal(shape).astype(np.float32)

@@ -1,0 +1,279 @@
+"""Features (backbone) artifacts: export --head features, every output against the
+independent official-structure backbone (tests/reference_restv2.py), the manifest's outputs,
+the CLI's refusals.
+
+The default run exports one tiny onnx fp32 dynamic-batch artifact at 64x96 from an
+mmseg-layout checkpoint with every tensor randomized; the other targets, fp16, INT8, the
+detectron2 layout, golden and bench are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG, assert_one_line_error, run_cli
+from PIL import Image
+from reference_restv2 import randomize_, reference_backbone
+from restv2_edge.converters.base import ExportRequest, installed_targets
+from test_backbone import _official_file
+
+from restv2_edge.artifact import open_artifact
+from restv2_edge.data import open_unlabelled
+from restv2_edge.errors import ArtifactError
+from restv2_edge.export import export_artifact
+from restv2_edge.factory import create_model
+from restv2_edge.manifest import Manifest
+from restv2_edge.manifest_schema import check_manifest
+
+SIZE = (64, 96)
+NAMES = ["stage1", "stage2", "stage3", "stage4"]
+STRIDES = [4, 8, 16, 32]
+
+
+def _reference(layout: str = "mmseg", seed: int = 31) -> torch.nn.Module:
+    return randomize_(reference_backbone("custom", norms=layout, **TINY_CONFIG), seed=seed).eval()
+
+
+def _stretched_photos(photo_dir, count: int, size=SIZE) -> np.ndarray:
+    """Real photos resized straight to (H, W) and ImageNet-normalized, written out by hand
+    (what the manifest's ``input.resize`` "stretch" says an app does)."""
+    height, width = size
+    images = [img for _, _, img in open_unlabelled(photo_dir).subset(count).iter_images()]
+    pixels = np.stack(
+        [np.asarray(img.convert("RGB").resize((width, height), Image.BICUBIC)) for img in images]
+    ).astype(np.float32)
+    x = (pixels / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def _assert_maps_match(got, expected, rel: float = 1e-4) -> None:
+    assert isinstance(got, list) and len(got) == len(expected) == 4
+    for name, out, ref in zip(NAMES, got, expected):
+        assert out.shape == ref.shape, name
+        assert ref.std() > 0.1, name  # random weights: non-degenerate maps
+        tolerance = rel * max(1.0, float(np.abs(ref).max()))
+        assert float(np.abs(out - ref).max()) <= tolerance, name
+
+
+def _export(tmp_path, target: str, layout: str = "mmseg", **request):
+    ref = _reference(layout)
+    weights = _official_file(tmp_path, layout, ref)
+    model = create_model(TINY_CONFIG, SIZE, weights=weights, head="features")
+    folder, manifest = export_artifact(
+        model, target, tmp_path / f"{target}", ExportRequest(**request), parity_limit=4
+    )
+    return ref, folder, manifest
+
+
+@pytest.fixture(scope="module")
+def onnx_features(tmp_path_factory, photo_dir):
+    if "onnx" not in installed_targets():
+        pytest.skip("onnx extra not installed")
+    tmp = tmp_path_factory.mktemp("features-onnx")
+    return _export(tmp, "onnx", batch_size=2, dynamic_batch=True)
+
+
+def test_onnx_dynamic_batch_matches_the_reference_backbone(onnx_features, photo_dir):
+    ref, folder, manifest = onnx_features
+    assert manifest.parity["status"] == "passed", manifest.parity["failures"]
+    assert set(manifest.parity["metrics"]["outputs"]) == set(NAMES)
+    _, runner = open_artifact(folder)
+    x = _stretched_photos(photo_dir, 3)
+    with torch.no_grad():
+        expected = [t.numpy() for t in ref(torch.from_numpy(x))]
+    for count in (1, 3):  # a symbolic batch, run at 1 and 3 images
+        got = runner.run_batch(x[:count])
+        _assert_maps_match(list(got), [e[:count] for e in expected])
+    _assert_maps_match(runner(x), expected)  # the chunking __call__ path
+
+
+def test_features_manifest_lists_outputs_and_no_classes(onnx_features):
+    _, folder, _ = onnx_features
+    data = json.loads((folder / "manifest.json").read_text())
+    assert data["head"] == "features"
+    assert data["image_size"] == list(SIZE)
+    assert data["num_classes"] is None and data["labels"] == [] and data["output"] is None
+    assert data["output_norms"] == "checkpoint" and data["checkpoint_layout"] == "mmseg"
+    assert data["input"]["shape"] == [2, 3, *SIZE] and data["input"]["dynamic_batch"]
+    assert data["input"]["resize"] == "stretch" and data["input"]["crop_pct"] == 1.0
+    height, width = SIZE
+    for entry, name, stride, channels in zip(
+        data["outputs"], NAMES, STRIDES, TINY_CONFIG["embed_dims"]
+    ):
+        assert entry == {
+            "name": name,
+            "shape": [2, channels, height // stride, width // stride],
+            "stride": stride,
+            "channels": channels,
+        }
+    again = Manifest.read(folder)
+    assert again.features and again.input_hw == SIZE and again.output_names == NAMES
+    with pytest.raises(ArtifactError, match="stretch"):
+        again.preprocessing()  # no square center crop to offer
+
+
+def test_schema_refuses_inconsistent_features_manifests(onnx_features):
+    _, folder, _ = onnx_features
+    good = json.loads((folder / "manifest.json").read_text())
+    assert check_manifest(good, 1) == []
+    cases = {
+        "num_classes": (10, "num_classes must be null"),
+        "labels": (["a"], "labels must be empty"),
+        "output_norms": ("trained", "output_norms must be one of"),
+        "image_size": ([64, 97, 1], "image_size must be"),
+        "outputs": ([], "must list its outputs"),
+    }
+    for key, (value, message) in cases.items():
+        problems = check_manifest({**good, key: value}, 1)
+        assert problems and any(message in p for p in problems), (key, problems)
+    broken = json.loads(json.dumps(good))
+    broken["outputs"][2]["shape"][0] = 5
+    assert any("does not start with the input batch" in p for p in check_manifest(broken, 1))
+    older = {k: v for k, v in good.items() if k not in ("head", "outputs", "output_norms")}
+    older.update(num_classes=2, labels=["a", "b"], output={"name": "logits", "shape": [2, 2]})
+    older["image_size"], older["input"] = 64, {**good["input"], "shape": [2, 3, 64, 64]}
+    assert check_manifest(older, 1) == []  # a manifest written before heads existed
+
+
+def test_predict_and_eval_refuse_a_features_artifact(onnx_features, photo_dir):
+    _, folder, _ = onnx_features
+    photo = sorted(photo_dir.iterdir())[0]
+    result = run_cli("predict", folder, photo)
+    assert_one_line_error(result, "features artifact", "needs a classifier")
+    result = run_cli("eval", folder, "--data", photo_dir)
+    assert_one_line_error(result, "features artifact", "needs a classifier")
+
+
+def test_export_refuses_bad_image_sizes_and_classifier_only_options(tmp_path):
+    out = tmp_path / "never"
+    result = run_cli(
+        "export", "--target", "onnx", "--head", "features", "--image-size", "64x100",
+        "--output", out,
+    )  # fmt: skip
+    assert_one_line_error(result, "multiples of 32")
+    assert not out.exists()
+    result = run_cli(
+        "export", "--target", "onnx", "--image-size", "64x96", "--int8", "--output", out
+    )
+    assert_one_line_error(result, "--int8 takes a square --image-size")
+    assert not out.exists()
+
+
+def test_image_size_type_reads_sides_and_pairs():
+    import click
+
+    from restv2_edge.cli_types import ImageSize
+
+    pairs = ImageSize(pairs=True)
+    assert pairs.convert("384x640", None, None) == (384, 640)
+    assert pairs.convert("224X224", None, None) == 224  # a square pair is the side
+    assert pairs.convert("96", None, None) == 96
+    for bad in ("384x", "0x64", "64x64x64", "big"):
+        with pytest.raises(click.BadParameter):
+            pairs.convert(bad, None, None)
+    with pytest.raises(click.BadParameter):
+        ImageSize().convert("384x640", None, None)  # commands that take one side only
+
+
+# -- slow: the other targets, precisions, layouts, golden and bench ----------------------
+
+FLOAT_CASES = [
+    ("onnx", "fp16"),
+    ("openvino", "fp32"),
+    ("openvino", "fp16"),
+    ("executorch", "fp32"),
+    ("litert", "fp32"),
+    ("coreml", "fp32"),
+    ("coreml", "fp16"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "precision"), FLOAT_CASES, ids=lambda v: str(v))
+def test_float_targets_match_the_reference_backbone(tmp_path, photo_dir, target, precision):
+    if target not in installed_targets():
+        pytest.skip(f"{target} extra not installed")
+    ref, folder, manifest = _export(tmp_path, target, precision=precision)
+    record = manifest.parity
+    if record["status"] == "not run":
+        pytest.skip(f"{target} runner not available here: {record['reason']}")
+    assert record["status"] == "passed", record["failures"]
+    assert manifest.output_names == NAMES
+    _, runner = open_artifact(folder)
+    x = _stretched_photos(photo_dir, 2)
+    with torch.no_grad():
+        expected = [t.numpy() for t in ref(torch.from_numpy(x))]
+    got = runner(x)
+    if precision == "fp32":
+        _assert_maps_match(got, expected)
+    else:
+        for name, out, want in zip(NAMES, got, expected):
+            cosine = float((out * want).sum() / np.linalg.norm(out) / np.linalg.norm(want))
+            assert cosine >= 0.999, name
+
+
+@pytest.mark.slow
+def test_openvino_dynamic_batch_and_detectron2_layout(tmp_path, photo_dir):
+    if "openvino" not in installed_targets():
+        pytest.skip("openvino extra not installed")
+    ref, folder, manifest = _export(
+        tmp_path, "openvino", layout="detectron2", batch_size=2, dynamic_batch=True
+    )
+    assert manifest.checkpoint_layout == "detectron2" and manifest.parity["status"] == "passed"
+    _, runner = open_artifact(folder)
+    x = _stretched_photos(photo_dir, 3)
+    with torch.no_grad():
+        expected = [t.numpy() for t in ref(torch.from_numpy(x))]
+    for count in (1, 3):
+        _assert_maps_match(list(runner.run_batch(x[:count])), [e[:count] for e in expected])
+
+
+INT8_TARGETS = ["onnx", "openvino", "executorch", "litert", "coreml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", INT8_TARGETS)
+def test_int8_features_per_output_cosine(tmp_path, photo_dir, target):
+    """INT8 at a square size (calibration sets are square center crops), calibrated on
+    real photos; the gate is the per-output cosine (parity.FEATURE_THRESHOLDS)."""
+    from restv2_edge.calibration.dataset import build_calibration_set
+    from restv2_edge.calibration.recipes import int8_targets
+
+    if target not in installed_targets() or target not in int8_targets():
+        pytest.skip(f"no {target} INT8 recipe installed")
+    ref = _reference("mmseg")
+    weights = _official_file(tmp_path, "mmseg", ref)
+    model = create_model(TINY_CONFIG, 64, weights=weights, head="features")
+    calib = build_calibration_set(photo_dir, 32, model.preprocessing)
+    request = ExportRequest(precision="int8", calibration=calib)
+    _, manifest = export_artifact(model, target, tmp_path / target, request, parity_limit=16)
+    record = manifest.parity
+    if record["status"] == "not run":
+        pytest.skip(f"{target} runner not available here: {record['reason']}")
+    assert record["status"] == "passed", record["failures"]
+    assert set(record["metrics"]["outputs"]) == set(NAMES)
+
+
+@pytest.mark.slow
+def test_golden_and_bench_on_a_features_artifact(onnx_features, photo_dir, tmp_path):
+    from restv2_edge.bench.artifacts import bench_artifacts
+    from restv2_edge.golden import read_golden, write_golden
+
+    ref, folder, _ = onnx_features
+    out, _ = write_golden(folder, tmp_path / "golden", images=2, data=photo_dir)
+    index = read_golden(out)
+    for entry in index["images"]:
+        assert [o["name"] for o in entry["outputs"]] == NAMES
+        assert entry["resized"]["shape"] == [*SIZE, 3]
+        with torch.no_grad():
+            expected = [t.numpy() for t in ref(torch.from_numpy(entry["input_array"].copy()))]
+        _assert_maps_match([o["array"] for o in entry["outputs"]], expected)
+    shutil.rmtree(out)
+    report = bench_artifacts([folder], warmup=0, runs=2, memory=False)
+    (row,) = report["rows"]
+    assert row["head"] == "features" and row["image_size"] == list(SIZE)
+    assert row["median_ms"] > 0
