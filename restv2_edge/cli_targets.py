@@ -43,7 +43,8 @@ def backend_present(descriptor: Any) -> bool:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def targets(as_json: bool) -> None:
-    """The export targets: pip extra, precisions, INT8 schemes and guards, installed or not."""
+    """The export targets: pip extra, precisions, INT8 schemes and guards, dynamic batch,
+    target-specific export options, installed or not."""
     from restv2_edge.calibration.recipes import get_recipe, has_int8_recipe
     from restv2_edge.converters.base import get_descriptor, target_names
 
@@ -62,6 +63,8 @@ def targets(as_json: bool) -> None:
             "max_drop": bool(recipe and recipe.max_drop),
             "sensitivity": bool(recipe and recipe.sensitivity),
             "graph_form": descriptor.graph_form,
+            "dynamic_batch": descriptor.dynamic_batch,
+            "options": sorted(option_readers(name)),
             "model_file": f"model{descriptor.suffix}",
         })  # fmt: skip
     if as_json:
@@ -70,5 +73,8 @@ def targets(as_json: bool) -> None:
     for row in rows:
         int8 = ", ".join(row["int8_schemes"]) or "none"
         state = "installed" if row["installed"] else f"pip install 'restv2-edge[{row['extra']}]'"
+        batch = "dynamic batch" if row["dynamic_batch"] else "static batch"
+        options = ", ".join(f"--{o.replace('_', '-')}" for o in row["options"])
         click.echo(f"{row['target']:<11} {'/'.join(row['precisions'])} (default "
-                   f"{row['default_precision']}); int8: {int8}; {state}")  # fmt: skip
+                   f"{row['default_precision']}); int8: {int8}; {batch}; "
+                   f"{options + '; ' if options else ''}{state}")  # fmt: skip

@@ -360,3 +360,26 @@ def test_calibration_images_are_held_back(fixture_model, cifar_images, tmp_path)
         calib = build_calibration_set(folder, 10, fixture_model.preprocessing)
     images, _ = held_back_data(_max_drop_request(fixture_model, folder, calib))
     assert len(images) == len(cifar_images) - 10
+
+
+def test_targets_command_reports_every_descriptor_and_recipe():
+    import json
+
+    from click.testing import CliRunner
+
+    from restv2_edge.cli import main
+
+    result = CliRunner().invoke(main, ["targets", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["target"]: row for row in json.loads(result.output)}
+    assert list(rows) == target_names()
+    for name, row in rows.items():
+        descriptor = get_descriptor(name)
+        assert row["precisions"] == list(descriptor.precisions)
+        assert row["dynamic_batch"] is descriptor.dynamic_batch
+        assert row["model_file"] == f"model{descriptor.suffix}"
+        assert set(descriptor.options) <= set(row["options"])
+        schemes = list(get_recipe(name).schemes) if name in int8_targets() else []
+        assert row["int8_schemes"] == schemes
+    text = CliRunner().invoke(main, ["targets"]).output.splitlines()
+    assert [line.split()[0] for line in text] == target_names()
