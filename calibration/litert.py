@@ -216,7 +216,7 @@ def _prepare(model: Any, example: Any, request: Any, progress: Any) -> LiteRTQua
 
     batches = regroup(calibration_batches(model, request), request.batch_size)
     progress("convert")
-    data = litert.convert_float(model, example)
+    data = litert.convert_float(model, example, request.output_names)
     progress("calibrate")
     return LiteRTQuantizer(data, batches)
 
@@ -232,7 +232,7 @@ def _finish(
     """Write and describe the int8 model (converters/litert.py) and record the quantization."""
     from restv2_edge.converters.litert import write_model
 
-    result = write_model(data, workdir, list(example.shape), "int8")
+    result = write_model(data, workdir, list(example.shape), "int8", request.output_names)
     keep = default_keep_float(quantizer, request)
     result.quantization = quantization_record(
         request,

@@ -174,7 +174,16 @@ def run_padded(
     size = min(fits)
     if size > count:
         x = np.concatenate([x, np.zeros((size - count, *x.shape[1:]), x.dtype)])
-    return np.asarray(run(x), np.float32)[:count]
+    result = run(x)
+    if isinstance(result, list):
+        return [np.asarray(part, np.float32)[:count] for part in result]
+    return np.asarray(result, np.float32)[:count]
+
+
+def _picked(outputs: dict[str, Any], names: Sequence[str]) -> np.ndarray | list[np.ndarray]:
+    """The named outputs as float32: the one array (classifier), or the list (features)."""
+    arrays = [np.asarray(outputs[name], np.float32) for name in names]
+    return arrays[0] if len(arrays) == 1 else arrays
 
 
 def _input_feature(features: Sequence[Any]) -> Any:
@@ -202,18 +211,20 @@ class CoreMLRunner(Runner):
         feature = _input_feature(read_package(path).inputs)
         self.image_input = feature.kind == "image"
         self.sizes = feature.batch_sizes
+        self.output_names = manifest.output_names or [OUTPUT_NAME]
         self.device = units
         self.description = f"coremltools {ct.__version__} MLModel (Core ML framework, {units})"
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The logits; a features artifact: every output, in the manifest's order."""
         if self.image_input:
             return self._run_images(x)
         if self.dynamic_batch and self.sizes:
             return run_padded(x, self.sizes, self._predict)
         return self._predict(x)
 
-    def _predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict({INPUT_NAME: x})[OUTPUT_NAME], np.float32)
+    def _predict(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        return _picked(self.model.predict({INPUT_NAME: x}), self.output_names)
 
     def _run_images(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -241,6 +252,7 @@ class InterpreterRunner(Runner):
         self.image_input = feature.kind == "image"
         self.sizes = feature.batch_sizes
         self.fp16 = any(t.dtype == "fp16" for t in self.program.types.values())
+        self.output_names = manifest.output_names or [OUTPUT_NAME]
         self.device = units
         mode = "fp16 rounding" if self.fp16 else "fp32"
         self.description = (
@@ -248,15 +260,16 @@ class InterpreterRunner(Runner):
             f"compute units {units} not exercised)"
         )
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The logits; a features artifact: every output, in the manifest's order."""
         if self.image_input:
             x = _to_pixels(x).astype(np.float32)
         if self.dynamic_batch and self.sizes:
             return run_padded(x, self.sizes, self._run)
         return self._run(x)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.program.run({INPUT_NAME: x}, fp16=self.fp16)[OUTPUT_NAME].astype(np.float32)
+    def _run(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        return _picked(self.program.run({INPUT_NAME: x}, fp16=self.fp16), self.output_names)
 
 
 # -- converter ---------------------------------------------------------------------------------
@@ -267,6 +280,11 @@ class CoreMLConverter(Converter):
         super().check_request(request)
         deployment_target(request.options.get("deployment_target", DEFAULT_TARGET))
         compute_units(request)
+        if request.raw_input and request.head != "classifier":
+            raise ExportError(
+                "a Core ML image input (--raw-input) makes an image classifier; a features "
+                "export takes the normalized tensor input"
+            )
         if request.raw_input and (request.batch_size != 1 or request.dynamic_batch):
             raise ExportError(
                 "a Core ML image input (--raw-input) takes one image: export it with batch 1 "
@@ -427,7 +445,7 @@ def convert(
     """
     import coremltools as ct
 
-    outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
+    outputs = [ct.TensorType(name=name, dtype=np.float32) for name in request.output_names]
     if request.raw_input:
         module, scale, bias = image_classifier_graph(graph)
         program = _torch_export(module, example, None)
@@ -568,7 +586,8 @@ def save(
     return ExportResult(
         model_file=MODEL_FILE,
         input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
+        output_name=request.output_names[0],
+        output_names=list(request.output_names),
         versions=_versions(),
         info=info,
     )
@@ -656,6 +675,8 @@ def describe(mlmodel: Any, request: ExportRequest, target: str) -> None:
         mlmodel.output_description[CLASS_LABEL] = "the most probable class"
         mlmodel.output_description[CLASS_PROBABILITIES] = "probability of each class"
         meta[PREVIEW_TYPE_KEY] = "imageClassifier"
+    elif request.head == "features":
+        _describe_features(mlmodel, request)
     else:
         mlmodel.short_description = (
             f"ResTv2 image classifier: logits over {count} classes "
@@ -664,14 +685,15 @@ def describe(mlmodel: Any, request: ExportRequest, target: str) -> None:
         mlmodel.input_description[INPUT_NAME] = (
             "float32 NCHW RGB, (rgb/255 - mean) / std per channel (see metadata)"
         )
-    mlmodel.output_description[OUTPUT_NAME] = "class logits (softmax for probabilities)"
+    if request.head == "classifier":
+        mlmodel.output_description[OUTPUT_NAME] = "class logits (softmax for probabilities)"
     meta[METADATA_PREFIX + "version"] = __version__
     meta[METADATA_PREFIX + "precision"] = request.precision
     meta[METADATA_PREFIX + "deployment_target"] = target
     meta[METADATA_PREFIX + "raw_input"] = json.dumps(bool(request.raw_input))
     meta[METADATA_PREFIX + "compute_units"] = compute_units(request)
     meta[METADATA_PREFIX + "batch_sizes"] = json.dumps(batch_sizes(request))
-    if labels is not None:
+    if labels is not None and request.head == "classifier":
         meta[METADATA_PREFIX + "labels"] = json.dumps(list(labels))
     if config is not None:
         meta[METADATA_PREFIX + "config"] = json.dumps(config.to_dict())
@@ -681,6 +703,20 @@ def describe(mlmodel: Any, request: ExportRequest, target: str) -> None:
         )
         if request.raw_input:
             meta[METADATA_PREFIX + "normalization"] = json.dumps(pre.to_dict())
+
+
+def _describe_features(mlmodel: Any, request: ExportRequest) -> None:
+    """A features (backbone) model's descriptions: its maps, stride by stride."""
+    names = list(request.output_names)
+    mlmodel.short_description = (
+        f"ResTv2 backbone: feature maps {', '.join(names)} (NCHW, strides 4, 8, 16, 32)"
+    )
+    mlmodel.input_description[INPUT_NAME] = (
+        "float32 NCHW RGB, (rgb/255 - mean) / std per channel (see metadata)"
+    )
+    for index, name in enumerate(names):
+        mlmodel.output_description[name] = f"stage {index + 1} feature map, stride {4 << index}"
+    mlmodel.user_defined_metadata[METADATA_PREFIX + "head"] = request.head
 
 
 def check_program(path: Path) -> dict[str, Any]:

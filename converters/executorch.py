@@ -94,14 +94,16 @@ class ExecuTorchRunner(Runner):
             + (f", device {device})" if device != "CPU" else ")")
         )
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The logits; a features artifact: every output, in the program's order."""
         import torch
 
         try:
             outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(x))])
         except RuntimeError as exc:
             raise ArtifactError(f"ExecuTorch forward failed: {first_line(exc)}") from exc
-        return outputs[0].numpy()
+        arrays = [output.numpy() for output in outputs]
+        return arrays[0] if len(arrays) == 1 else arrays
 
 
 def load_forward(
@@ -178,7 +180,8 @@ class ExecuTorchConverter(Converter):
         return ExportResult(
             model_file=MODEL_FILE,
             input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
+            output_name=request.output_names[0],
+            output_names=list(request.output_names),
             versions={"executorch": executorch_version()},
             info={"backend": BACKEND, "delegation": summary},
         )

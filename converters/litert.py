@@ -61,7 +61,13 @@ FP16_WEIGHTS_RECIPE = [
 class LiteRTRunner(Runner):
     """The .tflite in ai-edge-litert's Interpreter; its default XNNPACK delegate runs it."""
 
-    def __init__(self, path: Path, batch_size: int, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        batch_size: int,
+        threads: int | None = None,
+        output_names: tuple[str, ...] | list[str] = (OUTPUT_NAME,),
+    ) -> None:
         from ai_edge_litert import __version__ as version
         from ai_edge_litert.interpreter import Interpreter
 
@@ -73,46 +79,55 @@ class LiteRTRunner(Runner):
         self.interpreter.allocate_tensors()
         signature = self.interpreter.get_signature_runner(SIGNATURE)
         inputs, outputs = signature.get_input_details(), signature.get_output_details()
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        names = list(output_names)
+        if INPUT_NAME not in inputs or not set(names) <= set(outputs):
             raise ArtifactError(
                 f"{path.name}: signature {SIGNATURE} has inputs {sorted(inputs)} and outputs "
-                f"{sorted(outputs)}, expected {INPUT_NAME!r} and {OUTPUT_NAME!r}"
+                f"{sorted(outputs)}, expected {INPUT_NAME!r} and {', '.join(map(repr, names))}"
             )
         self.input_index = inputs[INPUT_NAME]["index"]
-        self.output_index = outputs[OUTPUT_NAME]["index"]
+        self.output_indices = [outputs[name]["index"] for name in names]
         self.description = (
             f"ai-edge-litert {version} Interpreter (XNNPACK delegate on the CPU, "
             f"{self.threads} threads)"
         )
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The logits; a features artifact: every output, in the manifest's order."""
         self.interpreter.set_tensor(self.input_index, x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index).copy()
+        arrays = [self.interpreter.get_tensor(index).copy() for index in self.output_indices]
+        return arrays[0] if len(arrays) == 1 else arrays
 
 
 class LiteRTConverter(Converter):
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:
-        data = convert_float(model, example)
+        names = request.output_names
+        data = convert_float(model, example, names)
         if request.precision == "fp16":
             progress("fp16 weights")
             data = fp16_weights(data)
         progress("check")
-        return write_model(data, workdir, list(example.shape), request.precision)
+        return write_model(data, workdir, list(example.shape), request.precision, names)
 
     def load(
         self, folder: Path, manifest: Any, threads: int | None = None, device: str | None = None
     ) -> Runner:
         self.check_installed()
         self.check_device(device, manifest)  # the CPU only (Converter.available_devices)
-        return LiteRTRunner(folder / manifest.model_file, manifest.batch_size, threads)
+        return LiteRTRunner(
+            folder / manifest.model_file, manifest.batch_size, threads, manifest.output_names
+        )
 
 
-def convert_float(model: Any, example: Any) -> bytes:
+def convert_float(
+    model: Any, example: Any, output_names: tuple[str, ...] = (OUTPUT_NAME,)
+) -> bytes:
     """The float32 .tflite of ``model`` at the static shape of ``example`` (litert-torch), the
-    step every precision starts from (fp16 and the int8 recipe rewrite its bytes)."""
+    step every precision starts from (fp16 and the int8 recipe rewrite its bytes); its
+    signature outputs are ``output_names``."""
     # litert-torch is needed only here (the descriptor checks the runtime, which is all
     # that running an artifact needs: importing litert-torch takes seconds).
     if importlib.util.find_spec("litert_torch") is None:
@@ -122,18 +137,24 @@ def convert_float(model: Any, example: Any) -> bytes:
     with _quiet_progress():
         try:
             edge = litert_torch.convert(
-                with_signature_names(model), sample_kwargs={INPUT_NAME: example}
+                with_signature_names(model, output_names), sample_kwargs={INPUT_NAME: example}
             )
             return bytes(edge.model_content())
         except Exception as exc:
             raise ExportError(f"litert-torch conversion failed: {first_line(exc)}") from exc
 
 
-def write_model(data: bytes, workdir: Path, input_shape: list[int], precision: str) -> ExportResult:
+def write_model(
+    data: bytes,
+    workdir: Path,
+    input_shape: list[int],
+    precision: str,
+    output_names: tuple[str, ...] = (OUTPUT_NAME,),
+) -> ExportResult:
     """Check the final .tflite bytes (``check_model``), write them as ``MODEL_FILE`` and
     describe them for the manifest (op census, weight type, XNNPACK delegation)."""
     census = inspect_model(data)
-    check_model(census, input_shape, precision)
+    check_model(census, input_shape, precision, len(output_names))
     path = workdir / MODEL_FILE
     path.write_bytes(data)
     info = {
@@ -147,15 +168,17 @@ def write_model(data: bytes, workdir: Path, input_shape: list[int], precision: s
     return ExportResult(
         model_file=MODEL_FILE,
         input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
+        output_name=output_names[0],
+        output_names=list(output_names),
         versions=_versions(precision),
         info=info,
     )
 
 
-def with_signature_names(model: Any) -> Any:
-    """``model`` wrapped so the .tflite signature reads ``input`` -> ``logits``: litert-torch
-    names signature inputs after keyword arguments and outputs after dict keys."""
+def with_signature_names(model: Any, output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> Any:
+    """``model`` wrapped so the .tflite signature reads ``input`` -> ``logits`` (a features
+    model: ``stage1``..``stage4``): litert-torch names signature inputs after keyword
+    arguments and outputs after dict keys."""
     import torch
 
     class SignatureNames(torch.nn.Module):
@@ -164,7 +187,9 @@ def with_signature_names(model: Any) -> Any:
             self.inner = inner
 
         def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {OUTPUT_NAME: self.inner(input)}
+            result = self.inner(input)
+            parts = result if isinstance(result, (tuple, list)) else (result,)
+            return dict(zip(output_names, parts, strict=True))
 
     return SignatureNames(model).eval()
 
@@ -219,13 +244,15 @@ def inspect_model(data: bytes) -> dict[str, Any]:
     }
 
 
-def check_model(census: dict[str, Any], input_shape: list[int], precision: str) -> None:
-    """One static float32 input of ``input_shape``, one float32 output, builtin ops only, and
-    float16 weights exactly when fp16 was asked for."""
+def check_model(
+    census: dict[str, Any], input_shape: list[int], precision: str, output_count: int = 1
+) -> None:
+    """One static float32 input of ``input_shape``, ``output_count`` float32 outputs, builtin
+    ops only, and float16 weights exactly when fp16 was asked for."""
     inputs, outputs = census["inputs"], census["outputs"]
-    if len(inputs) != 1 or len(outputs) != 1:
+    if len(inputs) != 1 or len(outputs) != output_count:
         raise ExportError(f"LiteRT model has {len(inputs)} inputs and {len(outputs)} outputs")
-    for kind, value in (("input", inputs[0]), ("output", outputs[0])):
+    for kind, value in [("input", inputs[0])] + [("output", value) for value in outputs]:
         if value["type"] != "FLOAT32":
             raise ExportError(f"LiteRT {kind} is {value['type']}, expected FLOAT32")
         if value["signature"] is not None and any(d < 0 for d in value["signature"]):
