@@ -170,11 +170,16 @@ def train(**options: Any) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def golden(artifact: str, output: str, images: int, data: str | None, force: bool) -> None:
-    """Golden vectors for the demo apps: photos, input tensors and the artifact's top-5."""
+    """Golden vectors for the demo apps: photos, input tensors and the artifact's top-5
+    (a features artifact: its output maps)."""
     from restv2_edge.golden import write_golden
 
     path, index = write_golden(artifact, output, images, data, force)
     for entry in index["images"]:
+        if "outputs" in entry:  # a features artifact: its maps' shapes
+            shapes = ", ".join(f"{o['name']} {tuple(o['shape'])}" for o in entry["outputs"])
+            click.echo(f"{entry['photo']}: {shapes}")
+            continue
         best = entry["top5"][0]
         click.echo(f"{entry['photo']}: {best['label']} ({best['probability']:.2%})")
     console().print(f"wrote {path} ({len(index['images'])} images, {index['artifact']['runner']})")
@@ -452,7 +457,7 @@ def export(**o: Any) -> None:
             parity_limit=o["parity_limit"],
             progress=progress,
         )
-    print_parity(manifest.parity, out)
+    show_parity(manifest.parity, out)
     guard = (manifest.quantization or {}).get("max_drop")
     if guard:
         kept = len(manifest.quantization.get("layers_kept_float", []))
@@ -461,6 +466,34 @@ def export(**o: Any) -> None:
                   f"({guard['drop_points']:+.2f} pt, {verdict} {guard['limit_points']:g} pt), "
                   f"{kept} layers kept float")  # fmt: skip
     out.print(f"wrote {path}")
+
+
+def show_parity(record: dict[str, Any], out: Any) -> None:
+    """The parity line; a features record (per-output metrics): its worst output's numbers,
+    then one line per output."""
+    metrics = record.get("metrics", {})
+    if "outputs" not in metrics:
+        print_parity(record, out)
+        return
+    color = "green" if record["status"] == "passed" else "red"
+    out.print(
+        f"parity [{color}]{record['status']}[/] via {record['runner']} on {record.get('data')}: "
+        f"{len(metrics['outputs'])} outputs, worst max|diff| {metrics['max_abs_diff']:.2e}, "
+        f"cosine min {metrics['cosine_min']:.6f}",
+        highlight=False,
+    )
+    for name, values in metrics["outputs"].items():
+        out.print(
+            f"  {name}: max|diff| {values['max_abs_diff']:.2e} "
+            f"(rel {values['max_rel_diff']:.2e}), cosine min {values['cosine_min']:.6f}",
+            highlight=False,
+        )
+    for failure in record.get("failures", []):
+        out.print(f"  [red]past threshold:[/] {failure}")
+    if record.get("synthetic"):
+        from restv2_edge.parity import SYNTHETIC_WARNING
+
+        out.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}", highlight=False)
 
 
 def model_label(model: Any) -> str:
@@ -508,7 +541,7 @@ def parity(
     record = measure(runner, reference, inputs, manifest.precision)
     if json_file:
         write_report(json_file, json.dumps(record, indent=2) + "\n")
-    print_parity(record, out)
+    show_parity(record, out)
     if record["status"] != "passed":
         raise ParityError(f"{artifact}: parity failed")
     if not inputs.synthetic and gate_was_synthetic(manifest.parity):

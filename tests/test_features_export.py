@@ -187,6 +187,7 @@ FLOAT_CASES = [
     ("openvino", "fp16"),
     ("executorch", "fp32"),
     ("litert", "fp32"),
+    ("litert", "fp16"),
     ("coreml", "fp32"),
     ("coreml", "fp16"),
 ]
