@@ -15,15 +15,18 @@ if TYPE_CHECKING:
 
 def create_model(
     variant: Any = None,
-    image_size: int | None = None,
+    image_size: Any = None,
     num_classes: int | None = None,
     weights: Any = None,
     form: str = "native",
+    head: str = "classifier",
 ) -> nn.Module:
-    """Build an export-friendly ResTv2 in eval mode (see ``restv2_edge.factory.create_model``)."""
+    """Build an export-friendly ResTv2 in eval mode (see ``restv2_edge.factory.create_model``):
+    ``image_size`` one side or (height, width); ``head`` "classifier" or "features"
+    (the four stage maps, docs/backbone.md)."""
     from restv2_edge.factory import create_model as _create_model
 
-    return _create_model(variant, image_size, num_classes, weights, form)
+    return _create_model(variant, image_size, num_classes, weights, form, head=head)
 
 
 __all__ = ["__version__", "create_model"]

@@ -59,6 +59,16 @@ def _assert_maps_match(got, expected, rel: float = 1e-4) -> None:
         assert float(np.abs(out - ref).max()) <= tolerance, name
 
 
+def _report(label: str, record: dict) -> None:
+    """The gate's per-output numbers, printed (``pytest -m slow -rP`` shows them): where the
+    limits in parity.FEATURE_THRESHOLDS and docs/backbone.md come from."""
+    for name, m in record["metrics"]["outputs"].items():
+        print(
+            f"{label} {name}: max|diff| {m['max_abs_diff']:.3g} rel {m['max_rel_diff']:.3g} "
+            f"cosine min {m['cosine_min']:.6f} mean {m['cosine_mean']:.6f}"
+        )
+
+
 def _export(tmp_path, target: str, layout: str = "mmseg", **request):
     ref = _reference(layout)
     weights = _official_file(tmp_path, layout, ref)
@@ -202,6 +212,7 @@ def test_float_targets_match_the_reference_backbone(tmp_path, photo_dir, target,
     record = manifest.parity
     if record["status"] == "not run":
         pytest.skip(f"{target} runner not available here: {record['reason']}")
+    _report(f"{target} {precision}", record)
     assert record["status"] == "passed", record["failures"]
     assert manifest.output_names == NAMES
     _, runner = open_artifact(folder)
@@ -224,6 +235,7 @@ def test_openvino_dynamic_batch_and_detectron2_layout(tmp_path, photo_dir):
     ref, folder, manifest = _export(
         tmp_path, "openvino", layout="detectron2", batch_size=2, dynamic_batch=True
     )
+    _report("openvino fp32 dynamic detectron2", manifest.parity)
     assert manifest.checkpoint_layout == "detectron2" and manifest.parity["status"] == "passed"
     _, runner = open_artifact(folder)
     x = _stretched_photos(photo_dir, 3)
@@ -255,6 +267,7 @@ def test_int8_features_per_output_cosine(tmp_path, photo_dir, target):
     record = manifest.parity
     if record["status"] == "not run":
         pytest.skip(f"{target} runner not available here: {record['reason']}")
+    _report(f"{target} int8", record)
     assert record["status"] == "passed", record["failures"]
     assert set(record["metrics"]["outputs"]) == set(NAMES)
 
