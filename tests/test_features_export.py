@@ -229,20 +229,23 @@ def test_float_targets_match_the_reference_backbone(tmp_path, photo_dir, target,
 
 
 @pytest.mark.slow
-def test_openvino_dynamic_batch_and_detectron2_layout(tmp_path, photo_dir):
-    if "openvino" not in installed_targets():
-        pytest.skip("openvino extra not installed")
+@pytest.mark.parametrize("target", ["openvino", "coreml"])
+def test_dynamic_batch_and_detectron2_layout(tmp_path, photo_dir, target):
+    """A detectron2-layout checkpoint through a dynamic batch (Core ML: enumerated sizes,
+    the runner pads a chunk to the next one) at 1 and 3 photos."""
+    if target not in installed_targets():
+        pytest.skip(f"{target} extra not installed")
     ref, folder, manifest = _export(
-        tmp_path, "openvino", layout="detectron2", batch_size=2, dynamic_batch=True
+        tmp_path, target, layout="detectron2", batch_size=2, dynamic_batch=True
     )
-    _report("openvino fp32 dynamic detectron2", manifest.parity)
+    _report(f"{target} fp32 dynamic detectron2", manifest.parity)
     assert manifest.checkpoint_layout == "detectron2" and manifest.parity["status"] == "passed"
     _, runner = open_artifact(folder)
     x = _stretched_photos(photo_dir, 3)
     with torch.no_grad():
         expected = [t.numpy() for t in ref(torch.from_numpy(x))]
     for count in (1, 3):
-        _assert_maps_match(list(runner.run_batch(x[:count])), [e[:count] for e in expected])
+        _assert_maps_match(list(runner(x[:count])), [e[:count] for e in expected])
 
 
 INT8_TARGETS = ["onnx", "openvino", "executorch", "litert", "coreml"]
@@ -291,3 +294,33 @@ def test_golden_and_bench_on_a_features_artifact(onnx_features, photo_dir, tmp_p
     (row,) = report["rows"]
     assert row["head"] == "features" and row["image_size"] == list(SIZE)
     assert row["median_ms"] > 0
+
+
+T_CASES = [
+    ("onnx", "fp32", (224, 320)),
+    ("onnx", "fp16", (224, 320)),
+    ("onnx", "int8", 224),
+    ("openvino", "int8", 224),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "precision", "size"), T_CASES, ids=lambda v: str(v))
+def test_restv2_t_features_gates(tmp_path, photo_dir, target, precision, size):
+    """ResTv2-T (randomized mmseg-layout weights) through the export gate on 16 photos: the
+    full-size numbers in docs/backbone.md (INT8 calibrated on 64 photos)."""
+    from restv2_edge.calibration.dataset import build_calibration_set
+
+    if target not in installed_targets():
+        pytest.skip(f"{target} extra not installed")
+    ref = randomize_(reference_backbone("T", norms="mmseg"), seed=5)
+    weights = tmp_path / "t.pth"
+    state = {"backbone." + key: value for key, value in ref.state_dict().items()}
+    torch.save({"meta": {}, "state_dict": state}, weights)
+    model = create_model("T", size, weights=weights, head="features")
+    request = ExportRequest(precision=precision)
+    if precision == "int8":
+        request.calibration = build_calibration_set(photo_dir, 64, model.preprocessing)
+    _, manifest = export_artifact(model, target, tmp_path / "t", request, parity_limit=16)
+    _report(f"T {target} {precision}", manifest.parity)
+    assert manifest.parity["status"] == "passed", manifest.parity["failures"]
