@@ -27,7 +27,7 @@ from restv2_edge.errors import (
     first_line,
 )
 from restv2_edge.factory import with_form
-from restv2_edge.manifest import CENTER_CROP, STRETCH, Manifest, verify_files
+from restv2_edge.manifest import STRETCH, Manifest, verify_files
 from restv2_edge.model import RawInput, ResTV2, fold_attention_scale
 from restv2_edge.parity import manifest_inputs, measure
 from restv2_edge.preprocess import Preprocessing
@@ -85,10 +85,10 @@ def build_manifest(
             "scale": pre.scale,
             "mean": list(pre.mean),
             "std": list(pre.std),
-            "resize": CENTER_CROP if square else STRETCH,
             "crop_pct": pre.crop_pct if square else 1.0,
             "interpolation": pre.interpolation,
             "resize_size": pre.resize_size() if square else [height, width],
+            **({} if square else {"resize": STRETCH}),
         },
         output=None if features else {"name": result.output_name, "shape": specs[0]["shape"]},
         labels=list(request.class_names or []),

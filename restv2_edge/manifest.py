@@ -29,6 +29,8 @@ MAX_MANIFEST_BYTES = 4 << 20
 CENTER_CROP = "center_crop"
 #: ``input.resize``: straight to height x width (a non-square input)
 STRETCH = "stretch"
+#: written only for a features head: a classifier's manifest reads as before heads existed
+FEATURES_ONLY = ("head", "outputs", "output_norms", "checkpoint_layout")
 
 
 def sha256_file(path: Path) -> str:
@@ -69,9 +71,9 @@ class Manifest:
     export: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
-    #: "classifier" or "features" (absent in older manifests: classifier)
+    #: "classifier" or "features" (absent from a classifier's manifest: classifier)
     head: str = "classifier"
-    #: every graph output, in order: {name, shape, stride, channels}
+    #: every graph output, in order: {name, shape, stride, channels} (features only)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     #: features: "checkpoint" (norm_1..norm_4 applied) or "identity"; null for a classifier
     output_norms: str | None = None
@@ -105,7 +107,8 @@ class Manifest:
 
     @property
     def resize(self) -> str:
-        """How an image becomes the input: CENTER_CROP or STRETCH (``input.resize``)."""
+        """How an image becomes the input: CENTER_CROP or STRETCH (``input.resize``; absent,
+        as in every square artifact's manifest: CENTER_CROP)."""
         return self.input.get("resize", CENTER_CROP)
 
     @property
@@ -176,6 +179,8 @@ class Manifest:
             "export",
             "quantization",
         ]
+        if self.head == "classifier":  # a classifier's manifest keeps its pre-head keys
+            order = [key for key in order if key not in FEATURES_ONLY]
         return json.dumps({key: data[key] for key in order}, indent=2) + "\n"
 
     def write(self, folder: Path) -> Path:
