@@ -119,6 +119,11 @@ def export_artifact(
     converter.check_installed()
     converter.check_request(request)
     request = request.for_model(model)  # what recipes and converters record about the model
+    if request.precision == "int8" and model.preprocessing is None:
+        raise ExportError(
+            "int8 takes a square image size (calibration sets are square center crops); "
+            f"got {model.input_hw[0]}x{model.input_hw[1]}"
+        )
     output = Path(output)
     with staged_dir(output, force) as work:
         form = converter.graph_form_for(request)

@@ -324,3 +324,23 @@ def test_restv2_t_features_gates(tmp_path, photo_dir, target, precision, size):
     _, manifest = export_artifact(model, target, tmp_path / "t", request, parity_limit=16)
     _report(f"T {target} {precision}", manifest.parity)
     assert manifest.parity["status"] == "passed", manifest.parity["failures"]
+
+
+def test_classification_weights_give_identity_norms_in_the_manifest(tiny_checkpoint):
+    """A features model on classification weights: output_norms identity, layout recorded."""
+    from restv2_edge.converters.base import ExportResult
+
+    from restv2_edge.errors import ExportError
+    from restv2_edge.export import build_manifest
+
+    model = create_model(weights=tiny_checkpoint, image_size=SIZE, head="features")
+    request = ExportRequest(batch_size=3).for_model(model)
+    assert request.output_names == tuple(NAMES) and request.class_names == []
+    result = ExportResult(model_file="model.onnx", input_name="input", output_name="stage1")
+    manifest = build_manifest(model, "onnx", request, result, "native")
+    assert (manifest.output_norms, manifest.checkpoint_layout) == ("identity", "classification")
+    assert [entry["shape"][0] for entry in manifest.outputs] == [3] * 4
+    data = json.loads(manifest.to_json())
+    assert data["head"] == "features" and data["num_classes"] is None
+    with pytest.raises(ExportError, match="square"):
+        export_artifact(model, "onnx", "/nonexistent/never", ExportRequest(precision="int8"))
