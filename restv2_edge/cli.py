@@ -1,20 +1,31 @@
 """The ``restv2-edge`` command line. Owns progress display and turns errors into one line.
 
-Heavy imports (torch, backends) happen inside each command, so ``--help`` stays fast.
+Heavy imports (torch, backends) happen inside each command, so ``--help`` stays fast. Its
+length (a little over 600 lines) is the commands' option declarations, each validated at
+parse time; display, option types, the targets command and bench live in ``cli_display``,
+``cli_types``, ``cli_targets`` and ``restv2_edge.bench``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import click
 
-from restv2_edge.cli_display import STEP, StepProgress, TrainDisplay, print_parity
+from restv2_edge.cli_display import (
+    DEBUG,
+    DEBUG_ENV,
+    STEP,
+    StepProgress,
+    TrainDisplay,
+    debugging,
+    one_line,
+    print_parity,
+    unexpected_error_line,
+)
 from restv2_edge.cli_targets import float_precisions, option_readers, targets
 from restv2_edge.cli_types import (
     POSITIVE_INT,
@@ -32,9 +43,6 @@ from restv2_edge.errors import RestV2EdgeError
 from restv2_edge.publish import write_report
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-DEBUG_ENV = "RESTV2_EDGE_DEBUG"
-#: set by ``--debug``: unexpected errors show their traceback
-DEBUG: ContextVar[bool] = ContextVar("restv2_edge_debug", default=False)
 
 
 def parse_variant(value: str | None) -> Any:
@@ -457,7 +465,7 @@ def export(**o: Any) -> None:
             parity_limit=o["parity_limit"],
             progress=progress,
         )
-    show_parity(manifest.parity, out)
+    print_parity(manifest.parity, out)
     guard = (manifest.quantization or {}).get("max_drop")
     if guard:
         kept = len(manifest.quantization.get("layers_kept_float", []))
@@ -466,34 +474,6 @@ def export(**o: Any) -> None:
                   f"({guard['drop_points']:+.2f} pt, {verdict} {guard['limit_points']:g} pt), "
                   f"{kept} layers kept float")  # fmt: skip
     out.print(f"wrote {path}")
-
-
-def show_parity(record: dict[str, Any], out: Any) -> None:
-    """The parity line; a features record (per-output metrics): its worst output's numbers,
-    then one line per output."""
-    metrics = record.get("metrics", {})
-    if "outputs" not in metrics:
-        print_parity(record, out)
-        return
-    color = "green" if record["status"] == "passed" else "red"
-    out.print(
-        f"parity [{color}]{record['status']}[/] via {record['runner']} on {record.get('data')}: "
-        f"{len(metrics['outputs'])} outputs, worst max|diff| {metrics['max_abs_diff']:.2e}, "
-        f"cosine min {metrics['cosine_min']:.6f}",
-        highlight=False,
-    )
-    for name, values in metrics["outputs"].items():
-        out.print(
-            f"  {name}: max|diff| {values['max_abs_diff']:.2e} "
-            f"(rel {values['max_rel_diff']:.2e}), cosine min {values['cosine_min']:.6f}",
-            highlight=False,
-        )
-    for failure in record.get("failures", []):
-        out.print(f"  [red]past threshold:[/] {failure}")
-    if record.get("synthetic"):
-        from restv2_edge.parity import SYNTHETIC_WARNING
-
-        out.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}", highlight=False)
 
 
 def model_label(model: Any) -> str:
@@ -531,7 +511,12 @@ def parity(
     from restv2_edge.errors import ParityError
     from restv2_edge.export import artifact_model
     from restv2_edge.factory import create_model
-    from restv2_edge.parity import manifest_inputs, measure
+    from restv2_edge.parity import (
+        gate_was_synthetic,
+        manifest_inputs,
+        measure,
+        replace_parity_record,
+    )
 
     out = console()
     manifest, runner = open_artifact(artifact, device=device)
@@ -541,7 +526,7 @@ def parity(
     record = measure(runner, reference, inputs, manifest.precision)
     if json_file:
         write_report(json_file, json.dumps(record, indent=2) + "\n")
-    show_parity(record, out)
+    print_parity(record, out)
     if record["status"] != "passed":
         raise ParityError(f"{artifact}: parity failed")
     if not inputs.synthetic and gate_was_synthetic(manifest.parity):
@@ -551,20 +536,6 @@ def parity(
             out.print(f"[yellow]warning:[/] the manifest keeps its synthetic record ({exc})")
         else:
             out.print("manifest: the synthetic-image parity record is replaced by this one")
-
-
-def gate_was_synthetic(record: dict[str, Any]) -> bool:
-    return bool(record.get("synthetic")) or record.get("data") == "synthetic"
-
-
-def replace_parity_record(folder: Path, manifest: Any, record: dict[str, Any]) -> None:
-    """Rewrite manifest.json with ``record`` as its parity (files and hashes unchanged)."""
-    from restv2_edge.manifest import MANIFEST_NAME
-    from restv2_edge.publish import staged_file
-
-    manifest.parity = record
-    with staged_file(folder / MANIFEST_NAME, force=True) as tmp:
-        tmp.write_text(manifest.to_json())
 
 
 @main.command()
@@ -661,26 +632,6 @@ def run() -> None:
             raise
         click.echo(f"error: {unexpected_error_line(exc)}", err=True)
         sys.exit(1)
-
-
-def debugging() -> bool:
-    return DEBUG.get() or os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes"}
-
-
-def one_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def unexpected_error_line(exc: BaseException) -> str:
-    """``COMMAND (step STEP) failed: Type: message`` for an error no module anticipated."""
-    argv = [a for a in sys.argv[1:] if not a.startswith("-")]
-    where = argv[0] if argv else "restv2-edge"
-    if STEP.get():
-        where += f" ({STEP.get()})"
-    detail = one_line(str(exc))[:300]
-    kind = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    return f"{where} failed: {kind} (rerun with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the CLI shows while it works: step spinners, training progress, the parity line.
+"""What the CLI shows while it works: step spinners, training progress, the parity line, and
+the one error line of the CLI's error boundary (``cli.run``).
 
 Library code reports through callbacks and records; these classes turn them into rich
 output on stderr, so stdout carries only results.
@@ -6,8 +7,14 @@ output on stderr, so stdout carries only results.
 
 from __future__ import annotations
 
+import os
+import sys
 from contextvars import ContextVar
 from typing import Any
+
+DEBUG_ENV = "RESTV2_EDGE_DEBUG"
+#: set by ``--debug``: unexpected errors show their traceback
+DEBUG: ContextVar[bool] = ContextVar("restv2_edge_debug", default=False)
 
 #: the step running now, named in the one-line message of an unexpected error
 STEP: ContextVar[str] = ContextVar("restv2_edge_step", default="")
@@ -103,6 +110,8 @@ class StepProgress:
 
 
 def print_parity(parity: dict[str, Any], out: Any) -> None:
+    """The parity line: a classifier's logit metrics, or a features artifact's worst output
+    then one line per output; the failures and the synthetic-data warning after it."""
     status = parity.get("status")
     if status == "not run":
         out.print(f"parity: [yellow]not run[/] ({parity.get('reason')})")
@@ -111,13 +120,46 @@ def print_parity(parity: dict[str, Any], out: Any) -> None:
 
     m = parity["metrics"]
     color = "green" if status == "passed" else "red"
-    out.print(
-        f"parity [{color}]{status}[/] via {parity['runner']} on {parity.get('data')}: "
-        f"max|dlogit| {m['max_abs_diff']:.2e}, cosine min {m['cosine_min']:.6f}, "
-        f"top-1 {m['top1_agreement']:.1%}, top-5 {m['top5_agreement']:.1%}",
-        highlight=False,
-    )
+    head = f"parity [{color}]{status}[/] via {parity['runner']} on {parity.get('data')}: "
+    if "outputs" in m:
+        out.print(
+            head + f"{len(m['outputs'])} outputs, worst max|diff| {m['max_abs_diff']:.2e}, "
+            f"cosine min {m['cosine_min']:.6f}",
+            highlight=False,
+        )
+        for name, values in m["outputs"].items():
+            out.print(
+                f"  {name}: max|diff| {values['max_abs_diff']:.2e} "
+                f"(rel {values['max_rel_diff']:.2e}), cosine min {values['cosine_min']:.6f}",
+                highlight=False,
+            )
+    else:
+        out.print(
+            head + f"max|dlogit| {m['max_abs_diff']:.2e}, cosine min {m['cosine_min']:.6f}, "
+            f"top-1 {m['top1_agreement']:.1%}, top-5 {m['top5_agreement']:.1%}",
+            highlight=False,
+        )
     for failure in parity.get("failures", []):
         out.print(f"  [red]past threshold:[/] {failure}")
     if parity.get("synthetic"):
         out.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}", highlight=False)
+
+
+def debugging() -> bool:
+    return DEBUG.get() or os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes"}
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def unexpected_error_line(exc: BaseException) -> str:
+    """``COMMAND (step STEP) failed: Type: message`` for an error no module anticipated."""
+    argv = [a for a in sys.argv[1:] if not a.startswith("-")]
+    where = argv[0] if argv else "restv2-edge"
+    if STEP.get():
+        where += f" ({STEP.get()})"
+    detail = one_line(str(exc))[:300]
+    kind = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return f"{where} failed: {kind} (rerun with --debug for the traceback)"

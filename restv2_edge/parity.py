@@ -56,9 +56,13 @@ class ParityInputs:
 
 
 def load_inputs(
-    pre: Preprocessing, data: str | Path | None = None, limit: int | None = 16
+    pre: Preprocessing,
+    data: str | Path | None = None,
+    limit: int | None = 16,
+    hw: tuple[int, int] | None = None,
 ) -> ParityInputs:
-    """Preprocess up to ``limit`` photos (evenly spread over the folder) per ``pre``.
+    """Preprocess up to ``limit`` photos (evenly spread over the folder) per ``pre``: its
+    center crop, or with ``hw`` each photo resized straight to height x width (no crop).
 
     ``data`` None: the shared ImageNet sample; if that does not exist, seeded synthetic images
     (``ParityInputs.synthetic``: callers must say so, such a gate says little). A given folder
@@ -67,9 +71,8 @@ def load_inputs(
     folder = Path(data) if data is not None else default_photo_dir()
     if data is None and not folder.is_dir():
         rng = np.random.default_rng(0)
-        pixels = rng.integers(0, 256, (limit or 8, pre.image_size, pre.image_size, 3), np.uint8)
-        from restv2_edge.preprocess import normalize
-
+        size = hw or (pre.image_size, pre.image_size)
+        pixels = rng.integers(0, 256, (limit or 8, *size, 3), np.uint8)
         return ParityInputs(
             normalize(pixels, pre), [f"synthetic_{i}" for i in range(len(pixels))], None
         )
@@ -77,7 +80,7 @@ def load_inputs(
     arrays, names = [], []
     for key, _, image in source.iter_images():
         if image is not None:
-            arrays.append(preprocess_image(image, pre))
+            arrays.append(stretch_image(image, pre, hw) if hw else preprocess_image(image, pre))
             names.append(key)
     if not arrays:
         raise DataError(f"{folder}: no readable image for parity")
@@ -89,7 +92,7 @@ def manifest_inputs(manifest: Any, data: str | Path | None = None, limit: int | 
     artifact each photo resized straight to its height x width."""
     if manifest.resize == "center_crop":
         return load_inputs(manifest.preprocessing(), data, limit)
-    return load_stretched(manifest.normalization(), manifest.input_hw, data, limit)
+    return load_inputs(manifest.normalization(), data, limit, hw=manifest.input_hw)
 
 
 _FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -109,28 +112,6 @@ def image_input(manifest: Any, image: Any) -> np.ndarray:
     if manifest.resize == "center_crop":
         return preprocess_image(image, manifest.preprocessing())
     return stretch_image(image, manifest.normalization(), manifest.input_hw)
-
-
-def load_stretched(
-    pre: Preprocessing, hw: tuple[int, int], data: str | Path | None = None, limit: int | None = 16
-) -> ParityInputs:
-    """As ``load_inputs``, each image resized straight to ``hw`` (no crop)."""
-    folder = Path(data) if data is not None else default_photo_dir()
-    if data is None and not folder.is_dir():
-        rng = np.random.default_rng(0)
-        pixels = rng.integers(0, 256, (limit or 8, *hw, 3), np.uint8)
-        return ParityInputs(
-            normalize(pixels, pre), [f"synthetic_{i}" for i in range(len(pixels))], None
-        )
-    source = open_unlabelled(folder).subset(limit)
-    arrays, names = [], []
-    for key, _, image in source.iter_images():
-        if image is not None:
-            arrays.append(stretch_image(image, pre, hw))
-            names.append(key)
-    if not arrays:
-        raise DataError(f"{folder}: no readable image for parity")
-    return ParityInputs(np.stack(arrays), names, str(folder))
 
 
 #: printed (and recorded) when a gate ran on synthetic images only
@@ -284,3 +265,17 @@ def measure(
 def output_names(count: int) -> list[str]:
     """The features head's output names (``stage1``..): the model's own order."""
     return [f"stage{index + 1}" for index in range(count)]
+
+
+def gate_was_synthetic(record: dict[str, Any]) -> bool:
+    return bool(record.get("synthetic")) or record.get("data") == "synthetic"
+
+
+def replace_parity_record(folder: Path, manifest: Any, record: dict[str, Any]) -> None:
+    """Rewrite manifest.json with ``record`` as its parity (files and hashes unchanged)."""
+    from restv2_edge.manifest import MANIFEST_NAME
+    from restv2_edge.publish import staged_file
+
+    manifest.parity = record
+    with staged_file(folder / MANIFEST_NAME, force=True) as tmp:
+        tmp.write_text(manifest.to_json())

@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import CIFAR10_CLASSES, TINY_CONFIG, oracle_logits, oracle_model  # noqa: E402
 from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
-from restv2_edge.converters.coreml import (  # noqa: E402
+from restv2_edge.converters.coreml import convert  # noqa: E402
+from restv2_edge.converters.coreml_spec import (  # noqa: E402
     CLASS_LABEL,
     CLASS_PROBABILITIES,
     PREVIEW_TYPE_KEY,
-    convert,
     make_classifier,
     unique_labels,
 )
@@ -232,7 +232,7 @@ def test_image_input_takes_one_image(batch, dynamic):
 def test_ios_app_reads_compute_units_and_classifier_outputs():
     """Static checks (Swift is not compiled here): the app maps every compute-units name the
     exporter writes, reads ``export.compute_units`` and knows the classifier outputs."""
-    from restv2_edge.converters.coreml import COMPUTE_UNITS
+    from restv2_edge.converters.coreml_spec import COMPUTE_UNITS
 
     manifest = (IOS / "RestV2Core" / "Sources" / "RestV2Core" / "Manifest.swift").read_text()
     classifier = (IOS / "RestV2Demo" / "Classifier.swift").read_text()

@@ -28,7 +28,7 @@ from restv2_edge.bench.timing import (
     summarize,
     time_round_robin,
 )
-from restv2_edge.errors import DataError, RestV2EdgeError, RunnerUnavailableError
+from restv2_edge.errors import DataError, RestV2EdgeError, RunnerUnavailableError, first_line
 
 FIXTURE_NAME = "restv2_cifar10.safetensors"
 
@@ -274,10 +274,10 @@ def _export_row(
         )
         _, runner = open_artifact(folder, threads)
     except RestV2EdgeError as exc:
-        row.update(status="failed", error=_one_line(exc))
+        row.update(status="failed", error=first_line(exc))
         return row, None, None
     except Exception as exc:  # a backend crash must not end the whole matrix
-        row.update(status="failed", error=f"{type(exc).__name__}: {_one_line(exc)}")
+        row.update(status="failed", error=f"{type(exc).__name__}: {first_line(exc)}")
         return row, None, None
     record = manifest.parity or {}
     metrics = record.get("metrics", {})
@@ -321,10 +321,5 @@ def _accuracy(source: Any, data: Any, split: str | None, limit: int | None) -> d
     try:
         result = evaluate(source, data, split, limit)
     except RestV2EdgeError as exc:
-        return {"error": _one_line(exc)}
+        return {"error": first_line(exc)}
     return {"top1": result["top1"], "top5": result["top5"], "images": result["images"]}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
