@@ -1,9 +1,12 @@
 """Calibration sets: N images picked deterministically, preprocessed as eval does, hashed.
 
-A calibration set is a folder with ``inputs.npy`` (N, 3, S, S) float32 -- exactly what the
-model takes, via ``restv2_edge.preprocess`` -- and ``calibration.json``: the sources (key and
-sha256 of each image file), the preprocessing, the count, the skipped corrupt files and a
-content hash over the inputs and the preprocessing. Every INT8 recipe reads it the same way.
+A calibration set is a folder with ``inputs.npy`` (N, 3, H, W) float32 -- exactly what the
+model takes -- and ``calibration.json``: the sources (key and sha256 of each image file), the
+preprocessing, the image size and resize rule, the count, the skipped corrupt files and a
+content hash over the inputs, the preprocessing and (for a stretched set) the rule. A square
+set is the eval transform (``restv2_edge.preprocess``: resize, center crop); a non-square one
+resizes each image straight to H x W (``parity.stretch_image``, no crop), as a non-square
+artifact's manifest says (``input.resize: "stretch"``). Every INT8 recipe reads it the same way.
 """
 
 from __future__ import annotations
@@ -12,19 +15,24 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from restv2_edge.converters.base import QuantizationSettings
 
+from restv2_edge.config import format_image_size
 from restv2_edge.errors import DataError, ExportError
+from restv2_edge.manifest import CENTER_CROP, STRETCH
 from restv2_edge.preprocess import Preprocessing
 
 INPUTS_FILE = "inputs.npy"
 MANIFEST_FILE = "calibration.json"
-FORMAT_VERSION = 1
+#: the newest version this reads; a square (center-crop) set is still written as version 1,
+#: which older restv2-edge reads, a stretched set as 2 (older readers refuse it by version)
+FORMAT_VERSION = 2
+RESIZE_RULES = (CENTER_CROP, STRETCH)
 #: fewer images than this calibrate poorly: a warning, not an error
 MIN_RECOMMENDED = 32
 
@@ -37,41 +45,64 @@ class CalibrationWarning(UserWarning):
 class CalibrationSet:
     """Preprocessed calibration inputs plus where they came from."""
 
-    inputs: np.ndarray  # (N, 3, S, S) float32, normalized per ``preprocessing``
+    inputs: np.ndarray  # (N, 3, H, W) float32, normalized per ``preprocessing``
     preprocessing: Preprocessing
     sources: list[dict[str, str]] = field(default_factory=list)
     data: str = ""
     seed: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: CENTER_CROP (square: the eval transform) or STRETCH (resized straight to H x W)
+    resize: str = CENTER_CROP
 
     @property
     def size(self) -> int:
         return int(self.inputs.shape[0])
 
     @property
-    def image_size(self) -> int:
-        return int(self.inputs.shape[-1])
+    def input_hw(self) -> tuple[int, int]:
+        return int(self.inputs.shape[-2]), int(self.inputs.shape[-1])
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        """The side of a square set, (height, width) otherwise (as ``model.image_size``)."""
+        height, width = self.input_hw
+        return height if height == width else (height, width)
 
     @property
     def content_hash(self) -> str:
-        """sha256 over the inputs' bytes, shape and the preprocessing (stable across saves)."""
+        """sha256 over the inputs' bytes, shape, the preprocessing and a stretched set's
+        resize rule (stable across saves; a center-crop set's hash is what it always was)."""
         digest = hashlib.sha256()
         digest.update(json.dumps(self.preprocessing.to_dict(), sort_keys=True).encode())
+        if self.resize != CENTER_CROP:
+            digest.update(f"resize={self.resize}".encode())
         digest.update(repr(tuple(self.inputs.shape)).encode())
         digest.update(np.ascontiguousarray(self.inputs, dtype=np.float32).tobytes())
         return "sha256:" + digest.hexdigest()
 
+    def describe(self) -> str:
+        """``64 (center crop)`` or ``64x96 (stretch)``: how error lines name the set."""
+        return f"{format_image_size(self.image_size)} ({self.resize.replace('_', ' ')})"
+
     def summary(self) -> dict[str, Any]:
         """What an INT8 manifest records about the set."""
-        return {"hash": self.content_hash, "size": self.size, "data": self.data}
+        return {
+            "hash": self.content_hash,
+            "size": self.size,
+            "image_size": _json_size(self.image_size),
+            "resize": self.resize,
+            "data": self.data,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": "restv2-edge-calibration",
-            "version": FORMAT_VERSION,
+            "version": 1 if self.resize == CENTER_CROP else FORMAT_VERSION,
             "inputs_file": INPUTS_FILE,
             "count": self.size,
             "shape": list(self.inputs.shape),
+            "image_size": _json_size(self.image_size),
+            "resize": self.resize,
             "dtype": "float32",
             "hash": self.content_hash,
             "preprocessing": self.preprocessing.to_dict(),
@@ -82,7 +113,7 @@ class CalibrationSet:
         }
 
     def batches(self, raw_input: bool = False) -> list[np.ndarray]:
-        """One (1, 3, S, S) array per image; raw RGB 0-255 when the graph normalizes inside."""
+        """One (1, 3, H, W) array per image; raw RGB 0-255 when the graph normalizes inside."""
         x = self.raw_inputs() if raw_input else self.inputs
         return [np.ascontiguousarray(x[i : i + 1], dtype=np.float32) for i in range(self.size)]
 
@@ -93,21 +124,28 @@ class CalibrationSet:
         mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
         return ((self.inputs * std + mean) / np.float32(pre.scale)).astype(np.float32)
 
-    def check_matches(self, pre: Preprocessing) -> None:
-        """Raise if this set was made for another image size or normalization than ``pre``."""
+    def check_matches(self, pre: Preprocessing, hw: tuple[int, int] | None = None) -> None:
+        """Raise if this set was made for another image size, resize rule or normalization
+        than the model's: ``pre`` (its center crop), or with a non-square ``hw`` (height,
+        width) a stretch to that size with ``pre``'s normalization."""
+        hw = (int(hw[0]), int(hw[1])) if hw is not None else (pre.image_size, pre.image_size)
+        rule = CENTER_CROP if hw[0] == hw[1] else STRETCH
         mine = self.preprocessing
-        if mine.image_size != pre.image_size or self.image_size != pre.image_size:
+        same_crop = rule == STRETCH or mine.image_size == pre.image_size == hw[0]
+        if self.input_hw != hw or self.resize != rule or not same_crop:
+            size = format_image_size(hw[0] if rule == CENTER_CROP else hw)
             raise ExportError(
-                f"calibration set is for image size {self.image_size}, the export is "
-                f"{pre.image_size}; make one with restv2-edge calibrate --image-size "
-                f"{pre.image_size}"
+                f"calibration set is for image size {self.describe()}, the export is "
+                f"{size} ({rule.replace('_', ' ')}); make one with restv2-edge calibrate "
+                f"--image-size {size}"
             )
         problems = []
         for key in ("mean", "std", "scale"):
             a, b = np.asarray(getattr(mine, key)), np.asarray(getattr(pre, key))
             if not np.allclose(a, b, rtol=1e-6, atol=1e-7):
                 problems.append(f"{key} {list(np.atleast_1d(a))} vs {list(np.atleast_1d(b))}")
-        for key in ("crop_pct", "interpolation"):
+        keys = ("crop_pct", "interpolation") if rule == CENTER_CROP else ("interpolation",)
+        for key in keys:
             if getattr(mine, key) != getattr(pre, key):
                 problems.append(f"{key} {getattr(mine, key)} vs {getattr(pre, key)}")
         if problems:
@@ -116,19 +154,46 @@ class CalibrationSet:
             )
 
 
+def _json_size(image_size: int | tuple[int, int]) -> int | list[int]:
+    return list(image_size) if isinstance(image_size, tuple) else image_size
+
+
+def _image_transform(pre: Preprocessing, hw: tuple[int, int] | None) -> tuple[Any, str]:
+    """(PIL image -> (3, H, W) input, resize rule): ``pre``'s center crop for a square size,
+    a straight resize to a non-square ``hw`` (the stretch rule of non-square artifacts)."""
+    from restv2_edge.parity import stretch_image
+    from restv2_edge.preprocess import preprocess_image
+
+    if hw is None or hw[0] == hw[1]:
+        return (lambda image: preprocess_image(image, pre)), CENTER_CROP
+    height, width = int(hw[0]), int(hw[1])
+    return (lambda image: stretch_image(image, pre, (height, width))), STRETCH
+
+
 def build_calibration_set(
-    data: str | os.PathLike[str], size: int, pre: Preprocessing, seed: int = 0
+    data: str | os.PathLike[str],
+    size: int,
+    pre: Preprocessing,
+    seed: int = 0,
+    hw: tuple[int, int] | None = None,
 ) -> CalibrationSet:
     """Pick ``size`` images from a folder or tar (seeded shuffle of the sorted keys).
 
-    Corrupt files are skipped (and listed) and the next image in the shuffled order is taken.
-    No readable image is a DataError; fewer than ``MIN_RECOMMENDED`` warns.
+    ``hw`` (height, width) not square: each image is resized straight to it with ``pre``'s
+    interpolation and normalization (no crop; ``pre``'s ``crop_pct`` is not used and is
+    recorded as 1.0). Corrupt files are skipped (and listed) and the next image in the
+    shuffled order is taken. No readable image is a DataError; fewer than
+    ``MIN_RECOMMENDED`` warns.
     """
     from restv2_edge.data import open_unlabelled
-    from restv2_edge.preprocess import preprocess_image
 
     if size < 1:
         raise DataError(f"calibration size must be at least 1 (got {size})")
+    if hw is not None and hw[0] == hw[1] and hw[0] != pre.image_size:
+        pre = replace(pre, image_size=int(hw[0]))
+    transform, rule = _image_transform(pre, hw)
+    if rule == STRETCH:
+        pre = replace(pre, image_size=int(hw[0]), crop_pct=1.0)  # type: ignore[index]
     source = open_unlabelled(data)
     keys = [key for key, _ in source.items]
     order = np.random.default_rng(seed).permutation(len(keys))
@@ -144,7 +209,7 @@ def build_calibration_set(
         except DataError:
             skipped.append(key)
             continue
-        arrays.append(preprocess_image(image, pre))
+        arrays.append(transform(image))
         sources.append({"key": key, "sha256": hashlib.sha256(source.read(key)).hexdigest()})
     if not arrays:
         raise DataError(f"{data}: no readable image for calibration ({len(skipped)} corrupt)")
@@ -155,9 +220,8 @@ def build_calibration_set(
             CalibrationWarning,
             stacklevel=2,
         )
-    return CalibrationSet(
-        np.stack(arrays).astype(np.float32), pre, sources, str(data), seed, skipped
-    )
+    inputs = np.stack(arrays).astype(np.float32)
+    return CalibrationSet(inputs, pre, sources, str(data), seed, skipped, rule)
 
 
 def save_calibration_set(
@@ -200,12 +264,17 @@ def load_calibration_set(folder: str | os.PathLike[str]) -> CalibrationSet:
             )
         inputs = np.load(inputs_path, allow_pickle=False)
         pre = Preprocessing.from_dict(meta["preprocessing"])
+        resize = meta.get("resize", CENTER_CROP)  # version 1 sets before it was recorded
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{folder}: unreadable calibration set: {exc}") from None
     if pre.problems():
         raise DataError(f"{folder}: calibration preprocessing: {pre.problems()[0]}")
+    if resize not in RESIZE_RULES:
+        raise DataError(
+            f"{folder}: calibration resize {resize!r} is not one of {', '.join(RESIZE_RULES)}"
+        )
     if inputs.dtype != np.float32 or inputs.ndim != 4 or inputs.shape[1] != 3:
-        raise DataError(f"{folder}: {INPUTS_FILE} must be (N, 3, S, S) float32")
+        raise DataError(f"{folder}: {INPUTS_FILE} must be (N, 3, H, W) float32")
     calib = CalibrationSet(
         inputs,
         pre,
@@ -213,7 +282,14 @@ def load_calibration_set(folder: str | os.PathLike[str]) -> CalibrationSet:
         str(meta.get("data", "")),
         int(meta.get("seed", 0)),
         list(meta.get("skipped", [])),
+        resize,
     )
+    recorded = meta.get("image_size", _json_size(calib.image_size))
+    if recorded != _json_size(calib.image_size):
+        raise DataError(
+            f"{folder}: {MANIFEST_FILE} says image size {recorded}, {INPUTS_FILE} is "
+            f"{format_image_size(calib.image_size)}"
+        )
     if calib.content_hash != meta.get("hash"):
         raise DataError(f"{folder}: calibration inputs do not match the hash in {MANIFEST_FILE}")
     if calib.size == 0:
@@ -229,7 +305,7 @@ def load_calibration_set(folder: str | os.PathLike[str]) -> CalibrationSet:
 
 
 def calibration_batches(model: Any, request: Any) -> list[np.ndarray]:
-    """The request's calibration inputs, one (1, 3, S, S) array per image, checked against the
+    """The request's calibration inputs, one (1, 3, H, W) array per image, checked against the
     preprocessing of the model the request is for (``ExportRequest.for_model``; ``model``, the
     graph, is not read)."""
     calib = request.calibration
@@ -266,14 +342,27 @@ def _floats3(text: str | None, name: str) -> tuple[float, float, float] | None:
 
 def calibration_preprocessing(
     weights: str | None,
-    image_size: int | None,
+    image_size: int | tuple[int, int] | None,
     crop_pct: float | None = None,
     mean: str | None = None,
     std: str | None = None,
 ) -> Preprocessing:
-    """Eval preprocessing from an own-format checkpoint's metadata (else defaults) + overrides."""
-    from restv2_edge.config import check_image_size
+    """Eval preprocessing from an own-format checkpoint's metadata (else defaults) + overrides.
 
+    A (height, width) ``image_size`` that is not square gives the height as ``image_size``
+    (pass the pair to ``build_calibration_set`` as ``hw``); it has no crop, so ``crop_pct``
+    is refused with it.
+    """
+    from restv2_edge.config import check_image_size, image_hw
+
+    if image_size is not None:
+        height, width = image_hw(check_image_size(image_size))
+        if height != width and crop_pct is not None:
+            raise DataError(
+                f"--crop-pct does nothing for a non-square size ({height}x{width}: each image "
+                "is resized straight to it, no crop)"
+            )
+        image_size = height
     base = Preprocessing()
     if weights is not None:
         from restv2_edge.checkpoint import read_checkpoint
@@ -313,20 +402,24 @@ def quantization_settings(options: dict[str, Any]) -> QuantizationSettings:
 
 
 def request_calibration(
-    options: dict[str, Any], pre: Preprocessing, report: Any = lambda text: None
+    options: dict[str, Any],
+    pre: Preprocessing,
+    report: Any = lambda text: None,
+    hw: tuple[int, int] | None = None,
 ) -> CalibrationSet | None:
-    """Load (--calib) or build (--calib-data) the calibration set, checked against ``pre``."""
+    """Load (--calib) or build (--calib-data) the calibration set, checked against ``pre``
+    (and a non-square model's ``hw``: a set stretched to that height x width)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         if options.get("calib"):
             calib = load_calibration_set(options["calib"])
         elif options.get("calib_data"):
             calib = build_calibration_set(
-                options["calib_data"], int(options.get("calib_size") or 256), pre
+                options["calib_data"], int(options.get("calib_size") or 256), pre, hw=hw
             )
         else:
             return None
     for warning in caught:
         report(f"[yellow]warning:[/] {warning.message}")
-    calib.check_matches(pre)
+    calib.check_matches(pre, hw)
     return calib

@@ -48,7 +48,7 @@ def run_sensitivity(
     from restv2_edge.calibration.recipes import get_recipe, has_int8_recipe, targets_where
     from restv2_edge.converters.base import get_descriptor
 
-    from restv2_edge.export import export_graph
+    from restv2_edge.export import export_graph, normalization
     from restv2_edge.factory import create_model
 
     ranker = get_recipe(target).sensitivity if has_int8_recipe(target) else None
@@ -58,7 +58,7 @@ def run_sensitivity(
             f"sensitivity analysis is implemented for {', '.join(offered)}, not {target}"
         )
     model = create_model(variant, calib.image_size, None, weights)
-    calib.check_matches(model.preprocessing)
+    calib.check_matches(normalization(model), model.input_hw)
     graph = export_graph(model, get_descriptor(target).graph_form, False)
     rows, metric = ranker(graph, calib, images)
     return {

@@ -203,8 +203,9 @@ main.add_command(targets)
 @click.option("--data", type=click.Path(), default=None, help="Image folder or tar to draw from.")
 @click.option("--size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Number of images.")  # fmt: skip
-@click.option("--image-size", type=ImageSize(), default=None,
-              help="Input resolution (default: the checkpoint's, else 224).")  # fmt: skip
+@click.option("--image-size", type=ImageSize(pairs=True), default=None,
+              help="Input resolution: a side (center crop) or HxW (resized straight to "
+              "height x width); default: the checkpoint's, else 224.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", type=click.Path(), default=None,
               help="Checkpoint (own format: its preprocessing); --sensitivity.")  # fmt: skip
@@ -255,8 +256,9 @@ def calibrate(**o: Any) -> None:
             pre = calibration_preprocessing(
                 o["weights"], o["image_size"], o["crop_pct"], o["mean"], o["std"]
             )
+            hw = o["image_size"] if isinstance(o["image_size"], tuple) else None
             with out.status(f"calibration set: {o['size']} images from {o['data']}..."):
-                calib = build_calibration_set(o["data"], o["size"], pre, o["seed"])
+                calib = build_calibration_set(o["data"], o["size"], pre, o["seed"], hw)
             if o["output"]:
                 save_calibration_set(calib, o["output"], o["force"])
             elif not o["sensitivity"]:
@@ -266,7 +268,7 @@ def calibrate(**o: Any) -> None:
     if calib.skipped:
         out.print(f"skipped {len(calib.skipped)} corrupt: {', '.join(calib.skipped[:3])}")
     if o["output"] and not o["calib"]:
-        size, digest = f"{calib.size} images, {calib.image_size}px", calib.content_hash[:19]
+        size, digest = f"{calib.size} images, {calib.describe()}", calib.content_hash[:19]
         out.print(f"wrote {o['output']} ({size}, {digest})")
     if o["sensitivity"]:
         from restv2_edge.calibration.sensitivity import render_sensitivity, run_sensitivity
@@ -398,10 +400,8 @@ def export(**o: Any) -> None:
         refuse_unused(["accuracy_data"], "without --max-drop")
     if o["head"] == "features" and o["max_drop"] is not None:
         raise click.UsageError("--max-drop measures top-1 accuracy: a classifier only")
-    if o["int8"] and isinstance(o["image_size"], tuple):
-        raise click.UsageError(
-            "--int8 takes a square --image-size (calibration sets are square center crops)"
-        )
+    if o["max_drop"] is not None and isinstance(o["image_size"], tuple):
+        raise click.UsageError("--max-drop takes a square --image-size (center-crop photos)")
     if o["output"]:
         from restv2_edge.publish import check_output
 
@@ -451,7 +451,10 @@ def export(**o: Any) -> None:
             from restv2_edge.calibration.dataset import request_calibration
 
             progress("calibration set")
-            request.calibration = request_calibration(o, model.preprocessing, out.print)
+            from restv2_edge.export import normalization
+
+            pre, hw = normalization(model), model.input_hw
+            request.calibration = request_calibration(o, pre, out.print, hw)
         name = model_label(model)
         output = Path(o["output"] or f"exports/{name}-{o['target']}-{precision}")
         path, manifest = export_artifact(

@@ -119,11 +119,9 @@ def export_artifact(
     converter.check_installed()
     converter.check_request(request)
     request = request.for_model(model)  # what recipes and converters record about the model
-    if request.precision == "int8" and model.preprocessing is None:
-        raise ExportError(
-            "int8 takes a square image size (calibration sets are square center crops); "
-            f"got {model.input_hw[0]}x{model.input_hw[1]}"
-        )
+    if request.precision == "int8" and request.calibration is not None:
+        # a non-square model has no center crop: its set must be stretched to its size
+        request.calibration.check_matches(normalization(model), model.input_hw)
     output = Path(output)
     with staged_dir(output, force) as work:
         form = converter.graph_form_for(request)

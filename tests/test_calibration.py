@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -83,6 +84,69 @@ def test_tar_source_and_roundtrip(tmp_path: Path) -> None:
     tampered = again.inputs.copy()
     tampered[0, 0, 0, 0] += 1
     np.save(folder / "inputs.npy", tampered)
+    with pytest.raises(DataError, match="hash"):
+        load_calibration_set(folder)
+
+
+def _legacy_hash(calib) -> str:
+    """The content hash as version 1 sets have always recorded it (center crop)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(calib.preprocessing.to_dict(), sort_keys=True).encode())
+    digest.update(repr(tuple(calib.inputs.shape)).encode())
+    digest.update(calib.inputs.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def test_square_sets_keep_their_hash_and_version(tmp_path: Path, image_dir: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        calib = build_calibration_set(image_dir, 6, PRE, seed=3)
+    assert calib.resize == "center_crop" and calib.content_hash == _legacy_hash(calib)
+    folder = save_calibration_set(calib, tmp_path / "calib")
+    meta = json.loads((folder / "calibration.json").read_text())
+    assert meta["version"] == 1 and meta["hash"] == _legacy_hash(calib)
+    # a set written before the size and rule were recorded still loads, as a center crop
+    for key in ("image_size", "resize"):
+        del meta[key]
+    (folder / "calibration.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        assert load_calibration_set(folder).resize == "center_crop"
+
+
+def test_non_square_set_is_stretched_and_records_size_and_rule(
+    tmp_path: Path, image_dir: Path
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        calib = build_calibration_set(image_dir, 12, PRE, seed=1, hw=(16, 32))
+    assert calib.resize == "stretch" and calib.inputs.shape == (12, 3, 16, 32)
+    assert calib.image_size == (16, 32) and calib.preprocessing.crop_pct == 1.0
+    # each input is the source image resized straight to 32 x 16 (bicubic, no crop)
+    for index, source in enumerate(calib.sources):
+        with Image.open(image_dir / source["key"]) as image:
+            rgb = np.asarray(image.convert("RGB").resize((32, 16), Image.BICUBIC), np.float32)
+        expected = (rgb / 255.0 - np.array(PRE.mean)) / np.array(PRE.std)
+        np.testing.assert_allclose(calib.inputs[index], expected.transpose(2, 0, 1), atol=1e-5)
+    # the hash covers the rule: the same inputs as a "center crop" hash differently
+    assert calib.content_hash != _legacy_hash(calib)
+    assert calib.summary()["image_size"] == [16, 32] and calib.summary()["resize"] == "stretch"
+    folder = save_calibration_set(calib, tmp_path / "calib")
+    meta = json.loads((folder / "calibration.json").read_text())
+    assert meta["version"] == 2 and meta["resize"] == "stretch"
+    assert meta["image_size"] == [16, 32] and meta["shape"] == [12, 3, 16, 32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        again = load_calibration_set(folder)
+    assert again.resize == "stretch" and again.content_hash == calib.content_hash
+    again.check_matches(PRE, (16, 32))
+    with pytest.raises(ExportError, match=r"16x32 \(stretch\).*16 \(center crop\)"):
+        again.check_matches(PRE)
+    with pytest.raises(ExportError, match=r"16x32 \(stretch\).*32x16 \(stretch\)"):
+        again.check_matches(PRE, (32, 16))
+    # a rule edited in the json no longer matches the recorded hash
+    meta["resize"] = "center_crop"
+    (folder / "calibration.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="hash"):
         load_calibration_set(folder)
 

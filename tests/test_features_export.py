@@ -23,11 +23,12 @@ from test_backbone import _official_file
 
 from restv2_edge.artifact import open_artifact
 from restv2_edge.data import open_unlabelled
-from restv2_edge.errors import ArtifactError
+from restv2_edge.errors import ArtifactError, ExportError
 from restv2_edge.export import export_artifact
 from restv2_edge.factory import create_model
 from restv2_edge.manifest import Manifest
 from restv2_edge.manifest_schema import check_manifest
+from restv2_edge.parity import FEATURE_THRESHOLDS
 
 SIZE = (64, 96)
 NAMES = ["stage1", "stage2", "stage3", "stage4"]
@@ -166,10 +167,87 @@ def test_export_refuses_bad_image_sizes_and_classifier_only_options(tmp_path):
     )  # fmt: skip
     assert_one_line_error(result, "multiples of 32")
     assert not out.exists()
+
+
+def _int8_cosines(runner, ref, x) -> dict[str, tuple[float, float]]:
+    """Per output, (min, mean) over the images of the cosine between the artifact's map and
+    the reference backbone's, each image's map one flattened vector."""
+    with torch.no_grad():
+        expected = [t.numpy() for t in ref(torch.from_numpy(x))]
+    found = {}
+    for name, out, want in zip(NAMES, runner(x), expected):
+        a, b = out.reshape(len(x), -1), want.reshape(len(x), -1)
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        found[name] = (float(cos.min()), float(cos.mean()))
+    return found
+
+
+def _assert_int8_gate(cosines: dict[str, tuple[float, float]]) -> None:
+    gate = FEATURE_THRESHOLDS["int8"]
+    assert set(cosines) == set(NAMES)
+    for name, (low, mean) in cosines.items():
+        assert low >= gate["cosine_min"] and mean >= gate["cosine_mean"], (name, low, mean)
+
+
+@pytest.fixture(scope="module")
+def stretched_calibration(tmp_path_factory, photo_dir):
+    """A 64x96 calibration set of 8 photos, made by the CLI."""
+    folder = tmp_path_factory.mktemp("calib") / "set"
     result = run_cli(
-        "export", "--target", "onnx", "--image-size", "64x96", "--int8", "--output", out
+        "calibrate", "--data", photo_dir, "--size", "8", "--image-size", "64x96",
+        "--output", folder,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "64x96 (stretch)" in result.stdout + result.stderr
+    return folder
+
+
+def test_onnx_int8_at_a_non_square_size(tmp_path, photo_dir, stretched_calibration):
+    """INT8 at 64x96 through the CLI on a stretched set: every output of the artifact
+    against the reference backbone above the INT8 feature gate; the manifest names the set."""
+    if "onnx" not in installed_targets():
+        pytest.skip("onnx extra not installed")
+    ref = _reference("mmseg")
+    weights = _official_file(tmp_path, "mmseg", ref)
+    out = tmp_path / "int8"
+    result = run_cli(
+        "export", "--target", "onnx", "--head", "features", "--variant", json.dumps(TINY_CONFIG),
+        "--image-size", "64x96", "--weights", weights, "--int8", "--calib",
+        stretched_calibration, "--parity-limit", "4", "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest, runner = open_artifact(out)
+    recorded = json.loads((stretched_calibration / "calibration.json").read_text())
+    calibration = manifest.quantization["calibration"]
+    assert calibration["image_size"] == [64, 96] and calibration["resize"] == "stretch"
+    assert calibration["hash"] == recorded["hash"] and calibration["size"] == 8
+    assert manifest.precision == "int8" and manifest.parity["status"] == "passed"
+    _assert_int8_gate(_int8_cosines(runner, ref, _stretched_photos(photo_dir, 4)))
+
+
+def test_int8_refuses_a_calibration_set_of_another_size(tmp_path, photo_dir, stretched_calibration):
+    from restv2_edge.calibration.dataset import load_calibration_set
+
+    out = tmp_path / "never"
+    result = run_cli(
+        "export", "--target", "onnx", "--head", "features", "--variant", json.dumps(TINY_CONFIG),
+        "--image-size", "96x64", "--int8", "--calib", stretched_calibration, "--output", out,
+    )  # fmt: skip
+    assert_one_line_error(result, "64x96 (stretch)", "96x64 (stretch)")
+    assert not out.exists()
+    # the library refuses it too, before anything is written: here a square model
+    model = create_model(TINY_CONFIG, 64, head="features")
+    request = ExportRequest(
+        precision="int8", calibration=load_calibration_set(stretched_calibration)
     )
-    assert_one_line_error(result, "--int8 takes a square --image-size")
+    with pytest.raises(ExportError, match=r"64x96 \(stretch\).*64 \(center crop\)"):
+        export_artifact(model, "onnx", out, request)
+    assert not out.exists()
+    result = run_cli(
+        "export", "--target", "onnx", "--image-size", "64x96", "--int8", "--calib",
+        stretched_calibration, "--max-drop", "1", "--output", out,
+    )  # fmt: skip
+    assert_one_line_error(result, "--max-drop", "square")
     assert not out.exists()
 
 
@@ -252,27 +330,37 @@ INT8_TARGETS = ["onnx", "openvino", "executorch", "litert", "coreml"]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("size", [64, SIZE], ids=["64", "64x96"])
 @pytest.mark.parametrize("target", INT8_TARGETS)
-def test_int8_features_per_output_cosine(tmp_path, photo_dir, target):
-    """INT8 at a square size (calibration sets are square center crops), calibrated on
-    real photos; the gate is the per-output cosine (parity.FEATURE_THRESHOLDS)."""
+def test_int8_features_per_output_cosine(tmp_path, photo_dir, target, size):
+    """INT8 calibrated on real photos: a center-crop set at a square size, a set stretched to
+    height x width otherwise; the gate is the per-output cosine (parity.FEATURE_THRESHOLDS),
+    and at the non-square size the artifact is also checked against the reference backbone."""
     from restv2_edge.calibration.dataset import build_calibration_set
     from restv2_edge.calibration.recipes import int8_targets
+
+    from restv2_edge.export import normalization
 
     if target not in installed_targets() or target not in int8_targets():
         pytest.skip(f"no {target} INT8 recipe installed")
     ref = _reference("mmseg")
     weights = _official_file(tmp_path, "mmseg", ref)
-    model = create_model(TINY_CONFIG, 64, weights=weights, head="features")
-    calib = build_calibration_set(photo_dir, 32, model.preprocessing)
+    model = create_model(TINY_CONFIG, size, weights=weights, head="features")
+    calib = build_calibration_set(photo_dir, 32, normalization(model), hw=model.input_hw)
     request = ExportRequest(precision="int8", calibration=calib)
-    _, manifest = export_artifact(model, target, tmp_path / target, request, parity_limit=16)
+    folder, manifest = export_artifact(model, target, tmp_path / target, request, parity_limit=16)
     record = manifest.parity
     if record["status"] == "not run":
         pytest.skip(f"{target} runner not available here: {record['reason']}")
-    _report(f"{target} int8", record)
+    _report(f"{target} int8 {manifest.input_hw[0]}x{manifest.input_hw[1]}", record)
     assert record["status"] == "passed", record["failures"]
     assert set(record["metrics"]["outputs"]) == set(NAMES)
+    assert manifest.quantization["calibration"]["resize"] == calib.resize
+    if size == SIZE:
+        _, runner = open_artifact(folder)
+        cosines = _int8_cosines(runner, ref, _stretched_photos(photo_dir, 8))
+        print(f"{target} int8 64x96 vs reference backbone: {cosines}")
+        _assert_int8_gate(cosines)
 
 
 @pytest.mark.slow
