@@ -29,9 +29,9 @@ from restv2_edge.preprocess import Preprocessing
 
 INPUTS_FILE = "inputs.npy"
 MANIFEST_FILE = "calibration.json"
-#: the newest version this reads; a square (center-crop) set is still written as version 1,
-#: which older restv2-edge reads, a stretched set as 2 (older readers refuse it by version)
-FORMAT_VERSION = 2
+#: version 1 sets without ``resize`` and ``image_size`` (written before a non-square size
+#: existed) are read as center crops
+FORMAT_VERSION = 1
 RESIZE_RULES = (CENTER_CROP, STRETCH)
 #: fewer images than this calibrate poorly: a warning, not an error
 MIN_RECOMMENDED = 32
@@ -97,7 +97,7 @@ class CalibrationSet:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": "restv2-edge-calibration",
-            "version": 1 if self.resize == CENTER_CROP else FORMAT_VERSION,
+            "version": FORMAT_VERSION,
             "inputs_file": INPUTS_FILE,
             "count": self.size,
             "shape": list(self.inputs.shape),

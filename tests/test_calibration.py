@@ -133,7 +133,7 @@ def test_non_square_set_is_stretched_and_records_size_and_rule(
     assert calib.summary()["image_size"] == [16, 32] and calib.summary()["resize"] == "stretch"
     folder = save_calibration_set(calib, tmp_path / "calib")
     meta = json.loads((folder / "calibration.json").read_text())
-    assert meta["version"] == 2 and meta["resize"] == "stretch"
+    assert meta["version"] == 1 and meta["resize"] == "stretch"
     assert meta["image_size"] == [16, 32] and meta["shape"] == [12, 3, 16, 32]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
@@ -149,6 +149,14 @@ def test_non_square_set_is_stretched_and_records_size_and_rule(
     (folder / "calibration.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="hash"):
         load_calibration_set(folder)
+
+
+def test_crop_pct_is_refused_for_a_non_square_size() -> None:
+    from restv2_edge.calibration.dataset import calibration_preprocessing
+
+    assert calibration_preprocessing(None, (64, 96)).image_size == 64
+    with pytest.raises(DataError, match="--crop-pct does nothing"):
+        calibration_preprocessing(None, (64, 96), crop_pct=0.9)
 
 
 def test_bad_input(tmp_path: Path, image_dir: Path) -> None:
