@@ -16,7 +16,7 @@ LIMITS = {"coreml": 1000}
 #: targets whose fixture checks are cheap enough for the default run (a test-cost choice, not a
 #: capability: every registered target is checked, the others under the slow marker)
 DEFAULT_RUN = {"fp32": {"onnx", "openvino", "executorch", "coreml"}, "int8": {"onnx", "openvino"},
-               "max_drop": {"onnx", "openvino", "executorch"}}  # fmt: skip
+               "max_drop": {"onnx", "openvino"}}  # fmt: skip
 
 
 def every(targets: list[str], check: str) -> list:

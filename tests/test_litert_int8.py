@@ -63,7 +63,7 @@ def tiny_int8(tiny_model, calib, tiny_fp32_tflite, photo_dir: Path, tmp_path_fac
     (the fixture test below converts for real)."""
     from restv2_edge.converters import litert
 
-    def converted(model, example) -> bytes:
+    def converted(model, example, output_names=None) -> bytes:
         assert list(example.shape) == inspect_model(tiny_fp32_tflite)["inputs"][0]["shape"]
         return tiny_fp32_tflite
 

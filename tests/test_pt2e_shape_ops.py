@@ -338,7 +338,7 @@ class TestExecuTorchShapeOps:
         from restv2_edge.converters.executorch import CONVERTER
 
         (tmp_path / "model.pte").write_bytes(lowered.bad.buffer)
-        manifest = SimpleNamespace(model_file="model.pte", batch_size=1)
+        manifest = SimpleNamespace(model_file="model.pte", batch_size=1, export={})
         with pytest.raises(ArtifactError) as info:
             CONVERTER.load(tmp_path, manifest)
         message = str(info.value)
