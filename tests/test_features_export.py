@@ -430,5 +430,12 @@ def test_classification_weights_give_identity_norms_in_the_manifest(tiny_checkpo
     assert [entry["shape"][0] for entry in manifest.outputs] == [3] * 4
     data = json.loads(manifest.to_json())
     assert data["head"] == "features" and data["num_classes"] is None
-    with pytest.raises(ExportError, match="square"):
-        export_artifact(model, "onnx", "/nonexistent/never", ExportRequest(precision="int8"))
+    # INT8 needs a set stretched to the model's 64x96: a square one is refused, naming both
+    from restv2_edge.calibration.dataset import CalibrationSet
+
+    from restv2_edge.preprocess import Preprocessing
+
+    square = CalibrationSet(np.zeros((2, 3, 64, 64), np.float32), Preprocessing(64))
+    request = ExportRequest(precision="int8", calibration=square)
+    with pytest.raises(ExportError, match=r"64 \(center crop\).*64x96 \(stretch\)"):
+        export_artifact(model, "onnx", "/nonexistent/never", request)
