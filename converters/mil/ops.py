@@ -3,7 +3,8 @@
 Each op takes a ``Call`` (its bound inputs and declared output types) and returns one array
 (or a tuple for multi-output ops). Float inputs arrive as float32 arrays; the interpreter
 rounds outputs typed fp16 afterwards, so ops compute in float32 (float64 where cheap) like an
-fp32 accumulator would.
+fp32 accumulator would. One module because the ops are one table (``OPS``) of small
+functions sharing argument helpers; splitting it by op family would scatter that table.
 """
 
 from __future__ import annotations
