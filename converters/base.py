@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from restv2_edge.converters.registry import (
+    PeerPipeline,
     TargetDescriptor,
     get_converter,
     get_descriptor,
@@ -24,7 +25,7 @@ from restv2_edge.converters.registry import (
     target_names,
 )
 
-from restv2_edge.errors import ExportError, RunnerUnavailableError
+from restv2_edge.errors import ExportError, ProfileError, RunnerUnavailableError
 
 if TYPE_CHECKING:
     from restv2_edge.config import ModelConfig
@@ -45,6 +46,9 @@ __all__ = [
     "Converter",
     "ExportRequest",
     "ExportResult",
+    "OpProfile",
+    "OpTime",
+    "PeerPipeline",
     "Progress",
     "QuantizationSettings",
     "Runner",
@@ -161,6 +165,34 @@ class ExportResult:
     output_names: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class OpTime:
+    """One node's share of an inference, as the runtime's own profiler reports it."""
+
+    #: the node's name in the runtime's graph
+    name: str
+    #: the runtime's op type (``MatMul``, ``FullyConnected``, ``XNNPACK delegate``...)
+    op_type: str
+    #: mean milliseconds per inference over the profiled runs
+    ms: float
+    #: True for a node a delegate/accelerated backend ran, False for a fallback kernel, None
+    #: where the runtime has no delegates
+    delegated: bool | None = None
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """Per-node times from one runtime's profiler (``Runner.profile``)."""
+
+    #: the profiler used, e.g. ``onnxruntime session profiling``
+    profiler: str
+    #: profiled inferences the times are averaged over
+    runs: int
+    ops: tuple[OpTime, ...]
+    #: what the profiler could not attribute or how its numbers are to be read
+    notes: tuple[str, ...] = ()
+
+
 class Runner(abc.ABC):
     """Maps a float32 NCHW batch to float32 logits in the target runtime.
 
@@ -184,6 +216,11 @@ class Runner(abc.ABC):
     def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
         """``batch_size`` inputs (float32 NCHW; dynamic: 1..MAX_DYNAMIC_CHUNK) -> logits
         (a features artifact: the list of its outputs)."""
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """Run ``x`` (one batch of ``batch_size``) ``runs`` times under the runtime's own
+        profiler; the runtimes that have one override this."""
+        raise ProfileError(f"{self.description or type(self).__name__}: no per-op profiler")
 
     def __call__(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
         """Any number of inputs: chunked (and the last chunk padded) to the static batch, or

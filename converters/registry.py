@@ -9,14 +9,36 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from restv2_edge.errors import BackendMissingError, ExportError
 
 if TYPE_CHECKING:
     from restv2_edge.converters.base import Converter
+
+
+#: builds a peer pipeline: (model, example batch, calibration images, work folder) -> a
+#: callable mapping a float32 NCHW batch (the example's shape) to float32 logits
+PeerBuild = Callable[[Any, Any, Any, Path], Callable[[Any], Any]]
+
+
+@dataclass(frozen=True)
+class PeerPipeline:
+    """A toolchain's plain pipeline for the same model, through that toolchain's defaults and
+    none of the project's graph work: the yardstick a target's artifacts are timed against
+    (``restv2_edge.bench.peers``). The model handed to ``build`` is the independent
+    official-structure network; the calibration images are the project's calibration set."""
+
+    #: the row's label, naming the toolchain call and its settings
+    label: str
+    #: the artifact precision it is compared with: ``fp32``, ``half`` (the runtime's CPU
+    #: default or fp16/bf16 setting) or ``int8``
+    precision: str
+    build: PeerBuild
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,8 @@ class TargetDescriptor:
     #: the target can export a symbolic batch dimension (``ExportRequest.dynamic_batch``;
     #: Core ML: a flexible or enumerated one); the CLI refuses ``--dynamic-batch`` elsewhere
     dynamic_batch: bool = False
+    #: the toolchain's plain pipelines (``PeerPipeline``) its artifacts are benchmarked against
+    peers: tuple[PeerPipeline, ...] = ()
 
     def __post_init__(self) -> None:
         if self.default_precision not in self.precisions:

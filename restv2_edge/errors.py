@@ -51,5 +51,9 @@ class RunnerUnavailableError(RestV2EdgeError):
     """The artifact is fine but cannot run on this machine (e.g. Core ML off macOS)."""
 
 
+class ProfileError(RestV2EdgeError):
+    """A runtime without a per-op profiler here, or a profile that could not be read."""
+
+
 class OutputError(RestV2EdgeError):
     """An output that exists (without --force), cannot be written, or was taken meanwhile."""
