@@ -198,6 +198,10 @@ from restv2_edge.bench.cli import bench  # noqa: E402  (the bench commands live 
 main.add_command(bench)
 main.add_command(targets)
 
+from restv2_edge.cli_profile import profile  # noqa: E402  (per-op profiles: cli_profile.py)
+
+main.add_command(profile)
+
 
 @main.command()
 @click.option("--data", type=click.Path(), default=None, help="Image folder or tar to draw from.")

@@ -1,0 +1,281 @@
+"""Where an inference's time goes: per op type, from each runtime's own profiler.
+
+``Runner.profile`` (converters/) gives per-node mean times from the runtime's profiler;
+this module aggregates them by op type, picks the top ops, counts delegated and fallback
+nodes, and sets the sum beside the end-to-end latency of normal runner calls
+(``bench.timing``), because a profiler that misses work (or adds its own) shows in that
+ratio. Eager PyTorch is profiled the same way with ``torch.profiler``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from restv2_edge.bench.timing import BLOCK, ORDER, Progress, summarize, time_round_robin
+from restv2_edge.converters.base import OpProfile, OpTime
+from restv2_edge.errors import DataError, ProfileError
+
+#: the sum of the per-op times must lie within this fraction of the end-to-end latency
+SUM_TOLERANCE = 0.30
+
+
+def by_op_type(profile: OpProfile) -> list[dict[str, Any]]:
+    """Per op type: mean ms per inference, node count, share of the sum (largest first)."""
+    total = sum(op.ms for op in profile.ops)
+    groups: dict[str, dict[str, Any]] = {}
+    for op in profile.ops:
+        group = groups.setdefault(op.op_type, {"op_type": op.op_type, "ms": 0.0, "count": 0})
+        group["ms"] += op.ms
+        group["count"] += 1
+    rows = sorted(groups.values(), key=lambda g: (-g["ms"], g["op_type"]))
+    for row in rows:
+        row["share"] = row["ms"] / total if total > 0 else 0.0
+    return rows
+
+
+def top_ops(profile: OpProfile, k: int) -> list[dict[str, Any]]:
+    """The ``k`` slowest nodes."""
+    ordered = sorted(profile.ops, key=lambda op: (-op.ms, op.name))[:k]
+    return [
+        {"name": op.name, "op_type": op.op_type, "ms": op.ms, "delegated": op.delegated}
+        for op in ordered
+    ]
+
+
+def delegation(profile: OpProfile) -> dict[str, Any] | None:
+    """Delegated vs fallback node counts and times; None where the runtime has no delegates
+    (every node's ``delegated`` is None)."""
+    known = [op for op in profile.ops if op.delegated is not None]
+    if not known:
+        return None
+    delegated = [op for op in known if op.delegated]
+    fallback = [op for op in known if not op.delegated]
+    return {
+        "delegated": len(delegated),
+        "fallback": len(fallback),
+        "delegated_ms": sum(op.ms for op in delegated),
+        "fallback_ms": sum(op.ms for op in fallback),
+        "fallback_types": sorted({op.op_type for op in fallback}),
+    }
+
+
+def sum_check(sum_ms: float, end_to_end_ms: float) -> dict[str, Any]:
+    """The per-op sum against the end-to-end median: ratio and whether it is within
+    ``SUM_TOLERANCE``."""
+    ratio = sum_ms / end_to_end_ms if end_to_end_ms > 0 else float("inf")
+    return {
+        "sum_ms": sum_ms,
+        "end_to_end_ms": end_to_end_ms,
+        "ratio": ratio,
+        "tolerance": SUM_TOLERANCE,
+        "within": abs(ratio - 1.0) <= SUM_TOLERANCE,
+    }
+
+
+def summarize_profile(
+    profile: OpProfile, end_to_end: dict[str, Any], top: int = 10
+) -> dict[str, Any]:
+    """The report of one profile: op types, top ops, delegation, sum vs end-to-end."""
+    if not profile.ops:
+        raise ProfileError(f"{profile.profiler}: the profile holds no op")
+    sum_ms = sum(op.ms for op in profile.ops)
+    return {
+        "profiler": profile.profiler,
+        "runs": profile.runs,
+        "notes": list(profile.notes),
+        "ops": len(profile.ops),
+        "op_types": by_op_type(profile),
+        "top_ops": top_ops(profile, top),
+        "delegation": delegation(profile),
+        "end_to_end": end_to_end,
+        "sum": sum_check(sum_ms, end_to_end["median_ms"]),
+    }
+
+
+def end_to_end(
+    call: Callable[[], Any], runs: int, warmup: int = 2, progress: Progress = lambda s: None
+) -> dict[str, Any]:
+    """Latency of normal calls, timed as every bench times (blocks after a settling call)."""
+    times = time_round_robin({"call": call}, warmup, runs, progress, BLOCK)
+    return {**summarize(times["call"], 1), "order": ORDER}
+
+
+def profile_runner(
+    runner: Any, x: np.ndarray, runs: int = 20, top: int = 10, progress: Progress = lambda s: None
+) -> dict[str, Any]:
+    """``runner.profile(x, runs)`` (ProfileError where its runtime has none), then the same
+    batch through normal calls for the end-to-end latency."""
+    progress("profile")
+    profile = runner.profile(x, runs)
+    progress("end-to-end")
+    latency = end_to_end(lambda: runner(x), runs, progress=progress)
+    report = summarize_profile(profile, latency, top)
+    report["runner"] = getattr(runner, "description", type(runner).__name__)
+    return report
+
+
+def profile_input(manifest: Any, data: Any = None) -> tuple[np.ndarray, str]:
+    """One batch of the artifact's static batch size from the photos (parity's loader: the
+    shared photos, or seeded synthetic images, said so), and where it came from."""
+    from restv2_edge.parity import manifest_inputs
+
+    batch = manifest.batch_size
+    inputs = manifest_inputs(manifest, data, max(batch, 1))
+    images = inputs.images
+    if len(images) == 0:
+        raise DataError("no image to profile with")
+    repeats = -(-batch // len(images))
+    x = np.ascontiguousarray(np.concatenate([images] * repeats)[:batch], dtype=np.float32)
+    return x, inputs.source
+
+
+def profile_artifact(
+    folder: str | os.PathLike[str],
+    runs: int = 20,
+    top: int = 10,
+    device: str | None = None,
+    threads: int | None = None,
+    data: Any = None,
+    progress: Progress = lambda s: None,
+) -> dict[str, Any]:
+    """Open and verify the artifact (``open_artifact``), profile it on a photo batch."""
+    from restv2_edge.artifact import open_artifact
+
+    progress("open")
+    manifest, runner = open_artifact(folder, threads, device)
+    x, source = profile_input(manifest, data)
+    report = profile_runner(runner, x, runs, top, progress)
+    report.update(
+        artifact=str(folder),
+        target=manifest.target,
+        precision=manifest.precision,
+        input=source,
+        batch=int(x.shape[0]),
+        synthetic=source.startswith("synthetic"),
+    )
+    return report
+
+
+class EagerProfiler:
+    """PyTorch eager fp32 as a runner with a profiler: ``torch.profiler`` CPU activity,
+    self CPU time per aten op (so nested ops are not counted twice)."""
+
+    def __init__(self, model: Any, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.description = f"PyTorch {torch.__version__} eager fp32"
+
+    def __call__(self, x: np.ndarray) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x))
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        if runs < 1:
+            raise ProfileError(f"profile needs at least one run (got {runs})")
+        self(x)  # warm-up, outside the profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                self(x)
+        ops = [
+            OpTime(name=event.key, op_type=event.key, ms=event.self_cpu_time_total / 1e3 / runs)
+            for event in prof.key_averages()
+            if event.self_cpu_time_total > 0
+        ]
+        return OpProfile(
+            profiler=f"torch.profiler {torch.__version__} (CPU activity, self time per op)",
+            runs=runs,
+            ops=tuple(ops),
+            notes=("one node per aten op type: torch.profiler aggregates by op name",),
+        )
+
+
+def profile_eager(
+    variant: Any = "T",
+    image_size: Any = 224,
+    weights: Any = None,
+    runs: int = 20,
+    top: int = 10,
+    threads: int | None = None,
+    data: Any = None,
+    progress: Progress = lambda s: None,
+) -> dict[str, Any]:
+    """The eager model (``create_model``) profiled with torch.profiler on one photo."""
+    from restv2_edge.config import variant_name
+    from restv2_edge.factory import create_model
+    from restv2_edge.parity import load_inputs
+
+    progress("build model")
+    model = create_model(variant, image_size, None, weights)
+    hw = None if model.input_hw[0] == model.input_hw[1] else model.input_hw
+    pre = model.preprocessing or _stretch_preprocessing(model)
+    inputs = load_inputs(pre, data, 1, hw=hw)
+    x = np.ascontiguousarray(inputs.images[:1], dtype=np.float32)
+    report = profile_runner(EagerProfiler(model, threads), x, runs, top, progress)
+    report.update(
+        artifact=None,
+        target="pytorch",
+        precision="fp32",
+        variant=variant_name(model.config) or "custom",
+        image_size=list(model.input_hw),
+        input=inputs.source,
+        batch=1,
+        synthetic=inputs.synthetic,
+    )
+    return report
+
+
+def _stretch_preprocessing(model: Any) -> Any:
+    from restv2_edge.preprocess import Preprocessing
+
+    return Preprocessing(image_size=model.input_hw[0])
+
+
+def profile_markdown(report: dict[str, Any], types: int = 12) -> str:
+    """One profile as markdown: the sum check, the op types, the top ops, delegation."""
+    check = report["sum"]
+    flag = "within" if check["within"] else "OUTSIDE"
+    lines = [
+        f"Profiler: {report['profiler']}; {report['runs']} profiled runs of one batch of "
+        f"{report['batch']} ({report['input']}); runner: {report['runner']}.",
+        "",
+        f"Sum of the per-op times {check['sum_ms']:.2f} ms vs end-to-end "
+        f"{check['end_to_end_ms']:.2f} ms (median of normal calls): ratio {check['ratio']:.2f}, "
+        f"{flag} +-{check['tolerance']:.0%}.",
+        "",
+        "| op type | nodes | ms | share |",
+        "|---|---|---|---|",
+    ]
+    for row in report["op_types"][:types]:
+        lines.append(
+            f"| {row['op_type']} | {row['count']} | {row['ms']:.3f} | {row['share']:.1%} |"
+        )
+    if len(report["op_types"]) > types:
+        rest = report["op_types"][types:]
+        lines.append(
+            f"| ({len(rest)} other types) | {sum(r['count'] for r in rest)} | "
+            f"{sum(r['ms'] for r in rest):.3f} | {sum(r['share'] for r in rest):.1%} |"
+        )
+    lines += ["", "| top op | type | ms |", "|---|---|---|"]
+    lines += [f"| {op['name']} | {op['op_type']} | {op['ms']:.3f} |" for op in report["top_ops"]]
+    share = report["delegation"]
+    if share:
+        lines += [
+            "",
+            f"Delegated nodes: {share['delegated']} ({share['delegated_ms']:.2f} ms); fallback "
+            f"nodes: {share['fallback']} ({share['fallback_ms']:.2f} ms"
+            + (f": {', '.join(share['fallback_types'])})" if share["fallback_types"] else ")"),
+        ]
+    lines += [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
