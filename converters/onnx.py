@@ -12,6 +12,8 @@ other than the CPU one runs with the CPU provider behind it for the nodes it doe
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ from restv2_edge.converters.base import (
     Converter,
     ExportRequest,
     ExportResult,
+    OpProfile,
+    OpTime,
+    PeerPipeline,
     Progress,
     Runner,
     TargetDescriptor,
     half_precision,
 )
 
-from restv2_edge.errors import ExportError, first_line
+from restv2_edge.errors import ExportError, ProfileError, first_line
 
 # 20, not 18: from opset 20 GELU is one ONNX op; at 18 it is exported as Div/Erf/Add/Mul/Mul,
 # which onnxruntime 1.32 does not fuse back (docs/graph-forms.md).
@@ -54,21 +59,90 @@ class OnnxRunner(Runner):
         import onnxruntime as ort
 
         super().__init__(batch_size, dynamic_batch)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = [provider] + ([CPU_PROVIDER] if provider != CPU_PROVIDER else [])
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.path, self.threads = path, threads
+        self.providers = [provider] + ([CPU_PROVIDER] if provider != CPU_PROVIDER else [])
+        self.session = ort.InferenceSession(str(path), self._options(), providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.device = provider
         used = ", ".join(self.session.get_providers())
         self.description = f"onnxruntime {ort.__version__} ({used})"
 
+    def _options(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        return options
+
     def run_batch(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
         """The logits; a features artifact: every output, in the graph's order."""
         outputs = self.session.run(None, {self.input_name: x})
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """onnxruntime session profiling in a second session (same file, threads and
+        providers): one warm-up run, then ``runs`` profiled ones; the ``Node`` events' ``dur``
+        (µs) averaged per node. The runner's own session is not touched."""
+        import onnxruntime as ort
+
+        if runs < 1:
+            raise ProfileError(f"profile needs at least one run (got {runs})")
+        with tempfile.TemporaryDirectory(prefix="restv2-ort-profile-") as folder:
+            options = self._options()
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(folder) / "ort")
+            session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+            feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+            for _ in range(runs + 1):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        providers = session.get_providers()
+        return OpProfile(
+            profiler=f"onnxruntime {ort.__version__} session profiling",
+            runs=runs,
+            ops=node_times(events, runs, delegates=providers != [CPU_PROVIDER]),
+            notes=(
+                "per-node kernel time (Node events' dur); the first run is a warm-up, not "
+                f"counted; providers: {', '.join(providers)}",
+                f"a profiled model_run took {profiled_run_ms(events):.3f} ms on average: "
+                "profiling adds a per-node cost, so small graphs run slower under it",
+            ),
+        )
+
+
+def profiled_run_ms(events: list[dict[str, Any]]) -> float:
+    """Mean ``model_run`` duration (ms) of the profiled runs (the warm-up left out)."""
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")[1:]
+    return sum(dur for _, dur in runs) / max(len(runs), 1) / 1000.0
+
+
+def node_times(events: list[dict[str, Any]], runs: int, delegates: bool) -> tuple[OpTime, ...]:
+    """Mean ms per inference of every node's ``*_kernel_time`` events after the first
+    ``model_run`` (the warm-up); ``delegated``: the node ran on a provider other than the CPU
+    one (None where the CPU provider is the only one)."""
+    starts = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
+    if len(starts) < 2:
+        raise ProfileError("onnxruntime profile holds no profiled run")
+    warm_end = starts[0]
+    total: dict[str, float] = {}
+    kinds: dict[str, tuple[str, bool | None]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if event["ts"] < warm_end:
+            continue
+        node = name.removesuffix("_kernel_time")
+        args = event.get("args", {})
+        provider = args.get("provider", CPU_PROVIDER)
+        total[node] = total.get(node, 0.0) + float(event["dur"])
+        kinds[node] = (args.get("op_name", "?"), provider != CPU_PROVIDER if delegates else None)
+    return tuple(
+        OpTime(node, kinds[node][0], micros / runs / 1000.0, kinds[node][1])
+        for node, micros in total.items()
+    )
 
 
 class OnnxConverter(Converter):
@@ -182,6 +256,62 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _plain_onnx(model: Any, example: np.ndarray, workdir: Path) -> Path:
+    """``torch.onnx.export`` with its defaults: what a user gets without this project
+    (``verbose=False`` only silences its progress lines)."""
+    import torch
+
+    path = Path(workdir) / "peer-fp32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.from_numpy(example),), str(path), verbose=False)
+    return path
+
+
+def _session_runner(path: Path) -> Any:
+    """``InferenceSession`` with default options: x -> the first output."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path))
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def peer_fp32(model: Any, example: np.ndarray, calibration: Any, workdir: Path) -> Any:
+    """onnxruntime fp32: ``torch.onnx.export`` defaults, ``InferenceSession`` defaults."""
+    return _session_runner(_plain_onnx(model, example, workdir))
+
+
+def peer_int8(model: Any, example: np.ndarray, calibration: np.ndarray, workdir: Path) -> Any:
+    """onnxruntime int8: ``quantize_static`` with its defaults (QDQ, per-tensor, MinMax)
+    on the plain fp32 export, calibrated one image per batch (the export's batch of 1)."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Images(CalibrationDataReader):
+        def __init__(self, name: str) -> None:
+            self.name, self.batches = name, iter(np.asarray(calibration, np.float32))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self.batches, None)
+            return None if image is None else {self.name: image[None]}
+
+    import onnx
+
+    fp32 = _plain_onnx(model, example, workdir)
+    name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+    int8 = Path(workdir) / "peer-int8.onnx"
+    quantize_static(str(fp32), str(int8), Images(name))
+    return _session_runner(int8)
+
+
+PEERS = (
+    PeerPipeline(
+        "onnxruntime fp32: torch.onnx.export + InferenceSession defaults", "fp32", peer_fp32
+    ),
+    PeerPipeline(
+        "onnxruntime int8: quantize_static defaults (QDQ, per-tensor, MinMax)", "int8", peer_int8
+    ),
+)
+
 CONVERTER = OnnxConverter()
 DESCRIPTOR = TargetDescriptor(
     name="onnx",
@@ -196,4 +326,5 @@ DESCRIPTOR = TargetDescriptor(
     manifest_fields=("opset", "nodes"),
     order=10,
     dynamic_batch=True,
+    peers=PEERS,
 )

@@ -4,9 +4,15 @@ Static input shape, or with ``dynamic_batch`` a dynamic batch dimension (``-1``;
 dimension static). fp32 keeps float32 weights (``compress_to_fp16=False``); fp16 stores the
 weights as float16 (OpenVINO's weight compression on save), activations stay the plugin's.
 
-Runtime precision: the CPU plugin runs bf16 by default on CPUs with AVX-512 BF16 / AMX, which
-moves logits by ~1e-2. fp32 artifacts therefore compile with ``INFERENCE_PRECISION_HINT=f32``;
-fp16 artifacts compile with the hint recorded in their manifest (``export.inference_precision``).
+Runtime precision (docs/precision.md): fp32 artifacts compile with
+``INFERENCE_PRECISION_HINT=f32`` (the CPU plugin's default is bf16 on CPUs with AVX-512 BF16 /
+AMX). fp16 artifacts compile with no hint: the device's native half type (bf16 on such CPUs,
+f16 where the device computes in f16, f32 on a CPU with neither). bf16 artifacts compile with
+``bf16``; their export is refused on a CPU whose plugin reports no BF16 capability (the gate
+could not measure bf16 there). The manifest records the hint (``export.inference_precision``,
+null: the device's default) and what the compiled model reported at export
+(``export.execution_precision``); runners read the hint, so an older fp16 artifact recorded
+with ``f32`` still runs at f32.
 
 Reproducibility: OpenVINO names unnamed nodes from a process-wide counter
 (``Multiply_17907``), so two exports in one process would differ; every such name is
@@ -20,6 +26,7 @@ GPU.1, NPU...), and the virtual devices AUTO, MULTI:<devices>, HETERO:<devices> 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +35,26 @@ from restv2_edge.converters.base import (
     Converter,
     ExportRequest,
     ExportResult,
+    OpProfile,
+    OpTime,
+    PeerPipeline,
     Progress,
     Runner,
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ArtifactError, ExportError, first_line
+from restv2_edge.errors import ArtifactError, ExportError, ProfileError, first_line
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MODEL_NAME = "restv2_edge"
-#: inference precision hint per artifact precision. fp16 runs with f32 activations: the
-#: CPU default (bf16 here) misses the fp16 parity gate (cosine >= 0.9995) on ResTv2-T.
-INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32"}
+#: INFERENCE_PRECISION_HINT per artifact precision; None: none given, the device's default
+#: (its native half type: bf16 on AVX-512 BF16 / AMX CPUs). Measured gates: docs/precision.md.
+INFERENCE_PRECISION: dict[str, str | None] = {"fp32": "f32", "fp16": None, "bf16": "bf16"}
+#: the CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it computes in bf16
+BF16_CAPABILITY = "BF16"
 _AUTO_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*_\d+$")
 #: virtual devices that schedule onto real ones (AUTO alone: any real device)
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
@@ -61,13 +73,14 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         super().__init__(batch_size, dynamic_batch)
-        config: dict[str, Any] = {}
+        self.path = path
+        self.config: dict[str, Any] = {}
         if hint:
-            config["INFERENCE_PRECISION_HINT"] = hint
+            self.config["INFERENCE_PRECISION_HINT"] = hint
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), device, config)
+        self.compiled = core.compile_model(core.read_model(str(path)), device, self.config)
         self.request = self.compiled.create_infer_request()
         self.device = device
         self.description = (
@@ -79,6 +92,79 @@ class OpenVinoRunner(Runner):
         result = self.request.infer({0: x})
         outputs = [np.array(result[port], dtype=np.float32) for port in self.compiled.outputs]
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """OpenVINO performance counters (``PERF_COUNT``) on a second compile of the same IR
+        (same device and config): one warm-up inference, then ``runs`` profiled ones, each
+        read back by ``get_profiling_info`` (the last inference's counters); nodes that did
+        not execute (fused or optimized out) are left out."""
+        import openvino as ov
+
+        if runs < 1:
+            raise ProfileError(f"profile needs at least one run (got {runs})")
+        core = ov.Core()
+        try:
+            compiled = core.compile_model(
+                core.read_model(str(self.path)), self.device, {**self.config, "PERF_COUNT": True}
+            )
+        except RuntimeError as exc:
+            raise ProfileError(f"OpenVINO PERF_COUNT compile failed: {first_line(exc)}") from exc
+        request = compiled.create_infer_request()
+        feed = {0: np.ascontiguousarray(x, dtype=np.float32)}
+        request.infer(feed)
+        total: dict[str, float] = {}
+        kinds: dict[str, tuple[str, str]] = {}
+        for _ in range(runs):
+            request.infer(feed)
+            for info in request.get_profiling_info():
+                if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                    continue
+                ms = info.real_time.total_seconds() * 1000.0
+                total[info.node_name] = total.get(info.node_name, 0.0) + ms
+                kinds[info.node_name] = (info.node_type, info.exec_type)
+        ops = tuple(OpTime(name, kinds[name][0], ms / runs) for name, ms in total.items())
+        return OpProfile(
+            profiler=f"OpenVINO {ov.__version__.split('-')[0]} performance counters (PERF_COUNT)",
+            runs=runs,
+            ops=ops,
+            notes=(
+                f"{_placement(compiled, self.device)}; real_time of EXECUTED nodes; the first "
+                "inference is a warm-up, not counted",
+                "kernels by exec_type precision: " + _exec_precisions(kinds.values()),
+            ),
+        )
+
+
+def _exec_precisions(kinds: Any) -> str:
+    """How many executed nodes ran kernels of each precision (the exec_type's suffix, e.g.
+    ``brgemm_avx512_amx_BF16`` -> BF16): shows what the device computed in."""
+    counts: dict[str, int] = {}
+    for _, exec_type in kinds:
+        suffix = exec_type.rsplit("_", 1)[-1] if "_" in exec_type else exec_type
+        counts[suffix] = counts.get(suffix, 0) + 1
+    return ", ".join(f"{key} {count}" for key, count in sorted(counts.items())) or "none"
+
+
+def execution_precision(path: Path, hint: str | None, device: str = "CPU") -> str | None:
+    """The INFERENCE_PRECISION_HINT the compiled model reports (``f32``, ``bf16``, ``f16``):
+    the precision the device runs the IR at with ``hint``; None where the device answers
+    none (virtual devices)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    compiled = core.compile_model(core.read_model(str(path)), device, config)
+    try:
+        return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    except RuntimeError:
+        return None
+
+
+def native_bf16(device: str = "CPU") -> bool:
+    """Whether the OpenVINO device lists BF16 among its OPTIMIZATION_CAPABILITIES."""
+    import openvino as ov
+
+    return BF16_CAPABILITY in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
 
 
 def _placement(compiled: Any, device: str) -> str:
@@ -124,8 +210,10 @@ class OpenVinoConverter(Converter):
         for port, name in zip(converted.outputs, names):
             port.get_tensor().set_names({name})
         canonical_names(converted)
-        compress = request.precision == "fp16"
+        compress = request.precision != "fp32"
         ov.save_model(converted, str(workdir / MODEL_FILE), compress_to_fp16=compress)
+        hint = INFERENCE_PRECISION[request.precision]
+        progress("compile")
         ops: dict[str, int] = {}
         for op in converted.get_ordered_ops():
             ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
@@ -138,7 +226,8 @@ class OpenVinoConverter(Converter):
             info={
                 "weights_file": WEIGHTS_FILE,
                 "weights": "float16" if compress else "float32",
-                "inference_precision": INFERENCE_PRECISION[request.precision],
+                "inference_precision": hint,
+                "execution_precision": execution_precision(workdir / MODEL_FILE, hint),
                 "device": "CPU",
                 "nodes": sum(ops.values()),
             },
@@ -152,10 +241,22 @@ class OpenVinoConverter(Converter):
         path = folder / manifest.model_file
         if not (path.is_file() and path.with_suffix(".bin").is_file()):
             raise ArtifactError(f"{folder}: OpenVINO IR needs {path.name} and its .bin")
-        hint = manifest.export.get("inference_precision", INFERENCE_PRECISION["fp32"])
+        export = manifest.export
+        hint = export.get("inference_precision", "f32")
         return OpenVinoRunner(
             path, manifest.batch_size, hint, threads, manifest.dynamic_batch, device
         )
+
+    def check_request(self, request: ExportRequest) -> None:
+        """Also refuse bf16 where the CPU plugin has no native bf16: OpenVINO would run it in
+        f32 and the parity gate would not measure bf16 (fp16 runs the device's half type)."""
+        super().check_request(request)
+        if request.precision == "bf16" and not native_bf16():
+            raise ExportError(
+                "openvino bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX; OpenVINO "
+                "reports no BF16 capability here); --precision fp16 stores the same half-size "
+                "IR and runs at the device's native half type (f32 on this CPU)"
+            )
 
     def available_devices(self, manifest: Any = None) -> list[str]:
         """The real devices OpenVINO finds here (CPU first), then AUTO over them."""
@@ -207,18 +308,75 @@ def canonical_names(model: Any) -> None:
             op.set_friendly_name(f"{op.get_type_name()}_{index}")
 
 
+def _plain_ir(model: Any, example: np.ndarray) -> Any:
+    """``ov.convert_model`` of the PyTorch module with only an example input (its defaults)."""
+    import openvino as ov
+    import torch
+
+    with torch.no_grad():
+        return ov.convert_model(model, example_input=torch.from_numpy(example))
+
+
+def _compiled_runner(ir: Any, config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """``compile_model`` on CPU with ``config``: x -> the first output (a copy)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ir, "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    return lambda x: np.array(request.infer({0: x})[output], dtype=np.float32)
+
+
+def peer_f32(model: Any, example: np.ndarray, calibration: Any, workdir: Path) -> Any:
+    """OpenVINO fp32: ``convert_model`` defaults, compiled with INFERENCE_PRECISION_HINT f32."""
+    return _compiled_runner(_plain_ir(model, example), {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def peer_default(model: Any, example: np.ndarray, calibration: Any, workdir: Path) -> Any:
+    """OpenVINO at the CPU plugin's default precision (bf16 on AVX-512 BF16 / AMX CPUs)."""
+    return _compiled_runner(_plain_ir(model, example), {})
+
+
+def peer_nncf(model: Any, example: np.ndarray, calibration: np.ndarray, workdir: Path) -> Any:
+    """OpenVINO int8: ``nncf.quantize`` with ``model_type=TRANSFORMER`` (its defaults
+    otherwise) on the plain IR, calibrated one image per batch, compiled with CPU defaults."""
+    import nncf
+
+    images = [image[None] for image in np.asarray(calibration, np.float32)]
+    quantized = nncf.quantize(
+        _plain_ir(model, example), nncf.Dataset(images), model_type=nncf.ModelType.TRANSFORMER
+    )
+    return _compiled_runner(quantized, {})
+
+
+PEERS = (
+    PeerPipeline("OpenVINO fp32: convert_model + INFERENCE_PRECISION_HINT f32", "fp32", peer_f32),
+    PeerPipeline(
+        "OpenVINO CPU default precision: convert_model + compile defaults", "half", peer_default
+    ),
+    PeerPipeline("OpenVINO int8: NNCF quantize, model_type TRANSFORMER", "int8", peer_nncf),
+)
+
 CONVERTER = OpenVinoConverter()
 DESCRIPTOR = TargetDescriptor(
     name="openvino",
     extra="openvino",
     packages=("openvino", "nncf"),
-    precisions=("fp32", "fp16"),
+    # fp16: the device's native half type; bf16: bf16 pinned (docs/precision.md)
+    precisions=("fp32", "fp16", "bf16"),
     default_precision="fp32",
     # Measured (docs/graph-forms.md): OpenVINO fuses native LayerNorm (MVN) and 4-D MatMul.
     graph_form="native",
     suffix=".xml",
     converter=CONVERTER,
-    manifest_fields=("weights_file", "weights", "inference_precision", "device", "nodes"),
+    manifest_fields=(
+        "weights_file",
+        "weights",
+        "inference_precision",
+        "execution_precision",
+        "device",
+        "nodes",
+    ),
     order=20,
     dynamic_batch=True,
+    peers=PEERS,
 )

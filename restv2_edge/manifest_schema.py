@@ -15,7 +15,7 @@ from typing import Any
 from restv2_edge.config import MAX_IMAGE_SIZE
 from restv2_edge.preprocess import INTERPOLATIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REQUIRED = ("target", "precision", "image_size", "num_classes", "model_file", "input", "output")
 _KNOWN = (

@@ -20,6 +20,7 @@ from restv2_edge.preprocess import Preprocessing, normalize, preprocess_image
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_diff": 1e-3, "top1_agreement": 1.0},
     "fp16": {"cosine_min": 0.9995, "top1_agreement_clear": 0.99},
+    "bf16": {"cosine_min": 0.9995, "top1_agreement_clear": 0.99},
     "int8": {"cosine_mean": 0.99, "top1_agreement_clear": 0.9},
 }
 # Gates per precision for a features artifact, judged on every output (stage1..stage4).
@@ -29,6 +30,7 @@ THRESHOLDS: dict[str, dict[str, float]] = {
 FEATURE_THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_rel_diff": 1e-4, "cosine_min": 0.99999},
     "fp16": {"cosine_min": 0.999},
+    "bf16": {"cosine_min": 0.999},
     "int8": {"cosine_mean": 0.98, "cosine_min": 0.95},
 }
 #: a call is close when the reference's top-1 leads its runner-up by at most this many

@@ -39,7 +39,7 @@ from restv2_edge.parity import torch_logits
 ROOT = Path(__file__).resolve().parent.parent
 CONVERTERS = ROOT / "converters"
 CALIBRATION = ROOT / "calibration"
-FLOAT_PRECISIONS = {"fp32", "fp16"}
+FLOAT_PRECISIONS = {"fp32", "fp16", "bf16"}
 
 
 def _declared(folder: Path, variable: str, field: str) -> dict[str, str]:
