@@ -106,15 +106,19 @@ def _work(value: str) -> Path:
 
 
 def _targets(value: str) -> list[str]:
-    from restv2_edge.converters.base import installed_targets
+    from restv2_edge.converters.base import get_descriptor, target_names
 
     names = [name.strip() for name in value.split(",") if name.strip()]
-    missing = [name for name in names if name not in installed_targets()]
-    if not names or missing:
+    unknown = [name for name in names if name not in target_names()]
+    if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"{', '.join(missing) or value!r}: choose from the installed targets "
-            f"{', '.join(installed_targets())}"
+            f"{', '.join(unknown) or repr(value)}: choose from {', '.join(target_names())}"
         )
+    for name in names:
+        try:
+            get_descriptor(name).check_installed()
+        except RestV2EdgeError as exc:
+            raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
     return names
 
 

@@ -1,0 +1,255 @@
+"""scripts/bench_peers.py and restv2_edge.bench.peers: the plan from the registry, the work
+folder's reuse and verification, peers (fake ones here; the targets' own in the slow test)
+timed beside the project's artifacts, accuracy against the reference model, the goals, and
+bad options refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import oracle_logits, oracle_model
+from restv2_edge.calibration.recipes import int8_targets
+from restv2_edge.converters.base import (
+    PeerPipeline,
+    get_descriptor,
+    installed_targets,
+    target_names,
+)
+
+from restv2_edge.bench import peers as lib
+from restv2_edge.factory import create_model
+from restv2_edge.manifest import MANIFEST_NAME
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "bench_peers", ROOT / "scripts" / "bench_peers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eager_peer(model, example, calibration, workdir):
+    """A stand-in peer: the reference model itself in eager PyTorch."""
+    return lambda x: oracle_logits(model, x)
+
+
+def _failing_peer(model, example, calibration, workdir):
+    raise RuntimeError("toolchain exploded\nsecond line of the traceback")
+
+
+FAKE_PEERS = [
+    ("onnx", PeerPipeline("fake eager reference", "fp32", _eager_peer)),
+    ("onnx", PeerPipeline("fake broken toolchain", "fp32", _failing_peer)),
+]
+
+
+def test_plan_reads_the_registry() -> None:
+    targets = target_names()  # the plan needs no backend (installed_targets imports them)
+    plan = lib.project_plan(targets)
+    for target in targets:
+        floats = get_descriptor(target).precisions
+        expected = {*floats, *(["int8"] if target in int8_targets() else [])}
+        assert {p for t, p in plan if t == target} == expected
+        first = next(p for t, p in plan if t == target)
+        assert first == "fp32"  # fp32, then the half precisions, then int8
+    assert {p for _, p in lib.project_plan(targets, ["fp32"])} == {"fp32"}
+    assert lib.precision_class("fp16") == lib.precision_class("bf16") == "half"
+    extra = {targets[0]: (FAKE_PEERS[0][1],)}
+    peers = lib.peer_plan(targets, ["fp32"], extra)
+    assert (targets[0], FAKE_PEERS[0][1]) in peers
+    assert all(peer.precision == "fp32" for _, peer in peers)
+
+
+def _row(side, target, precision, ms, label=""):
+    row = lib._row(side, target, precision, f"{side} {target}/{precision}", label)
+    return {**row, "status": "ok", "ms": ms}
+
+
+def test_goals_are_judged_with_their_margins() -> None:
+    rows = [
+        _row("project", "a", "fp32", 8.0),
+        _row("project", "a", "fp16", 5.0),
+        _row("project", "a", "int8", 3.0),
+        _row("peer", "a", "fp32", 10.0, "a's plain fp32"),
+        _row("peer", "a", "half", 5.0, "a's CPU default"),
+        _row("peer", "a", "int8", 9.0, "a's int8"),
+        _row("project", "b", "fp32", 12.0),
+        _row("project", "b", "int8", 7.0),
+        _row("peer", "b", "int8", 6.5, "b's int8"),
+    ]
+    rows[0]["accuracy"] = {"images": 4, "max_abs_diff": 2e-4, "cosine_min": 1.0}
+    rows[2]["accuracy"] = {"images": 4, "max_abs_diff": 0.1, "cosine_min": 0.9995}
+    found = {goal["goal"]: goal for goal in lib.goals(rows)}
+    fp32 = found["a fp32 <= 0.85x its peer"]
+    assert fp32["value"] == pytest.approx(0.8) and fp32["status"] == "pass"
+    half = found["a half <= 0.85x its peer"]
+    assert half["status"] == "miss" and half["margin"] == pytest.approx(1.0 / 0.85 - 1)
+    assert lib.margin_text(half) == "miss (17.6% above the limit)"
+    assert found["a int8 >= 2x its own fp32"]["value"] == pytest.approx(8.0 / 3.0)
+    speedup = found["b int8 >= 2x its own fp32"]
+    assert speedup["status"] == "miss" and speedup["value"] == pytest.approx(12 / 7)
+    best = found["best int8 <= 0.5x the best peer int8"]
+    assert best["value"] == pytest.approx(3.0 / 6.5) and best["status"] == "pass"
+    assert found["best int8 faster than the best half-precision row"]["value"] == 0.6
+    assert found["project a/fp32 max |dlogit| <= 0.0001"]["status"] == "miss"
+    assert found["project a/int8 cosine >= 0.999 per photo"]["status"] == "pass"
+    assert "b fp32 <= 0.85x its peer" not in found  # b has no fp32 peer
+
+
+@pytest.fixture(scope="module")
+def seeded_work(tiny_artifact, tiny_checkpoint, tmp_path_factory):
+    """A work folder holding the session's tiny onnx fp32 artifact, recorded as built from
+    the tiny checkpoint (no export of its own)."""
+    folder, _ = tiny_artifact("onnx", "fp32")
+    work = tmp_path_factory.mktemp("peers-work")
+    model = create_model(weights=tiny_checkpoint)
+    target = lib.artifact_folder(work, "onnx", "fp32")
+    shutil.copytree(folder, target)
+    record = lib.new_work_record(model, tiny_checkpoint)
+    digest = lib.file_digest(target / MANIFEST_NAME)
+    record["artifacts"]["onnx/fp32"] = {"status": "ok", "manifest_sha256": digest}
+    lib.write_work_record(work, record)
+    return work, model
+
+
+def test_work_folder_is_reused_and_verified(seeded_work, tiny_checkpoint, tmp_path, monkeypatch):
+    work, model = seeded_work
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a verified artifact was exported again")
+
+    monkeypatch.setattr(lib, "export_one", no_export)
+    steps: list[str] = []
+    plan = [("onnx", "fp32")]
+    record = lib.build_project(model, copy, tiny_checkpoint, plan, lambda: None, 4, steps.append)
+    assert steps == ["reuse onnx/fp32"] and record["artifacts"]["onnx/fp32"]["status"] == "ok"
+
+    model_file = next(p for p in lib.artifact_folder(copy, "onnx", "fp32").iterdir()
+                      if p.name != MANIFEST_NAME)  # fmt: skip
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    rows = lib.open_project_rows(copy, record, plan, 1)
+    assert rows[0]["status"] == "failed" and "does not verify" in rows[0]["error"]
+    exported = []
+
+    def fake_export(model, target, precision, folder, calibration, parity_limit):
+        exported.append((target, precision))
+        return {"status": "failed", "error": "ExportError: stand-in"}
+
+    monkeypatch.setattr(lib, "export_one", fake_export)
+    record = lib.build_project(model, copy, tiny_checkpoint, plan, lambda: None, 4, steps.append)
+    assert exported == [("onnx", "fp32")]
+    assert lib.open_project_rows(copy, record, plan, 1)[0]["error"] == "ExportError: stand-in"
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(tiny_checkpoint.read_bytes() + b"\0")
+    assert not lib.same_build(record, lib.new_work_record(model, other))
+
+
+def test_measure_times_project_and_peers_against_the_reference(seeded_work, tiny_checkpoint):
+    work, model = seeded_work
+    reference = oracle_model(tiny_checkpoint, **_tiny_spec(model))
+    report = lib.measure(
+        model, reference, work, [("onnx", "fp32")], FAKE_PEERS, lambda: None,
+        threads=1, warmup=0, runs=2, photo_limit=4, gemm_size=64,
+    )  # fmt: skip
+    rows = {row["label"]: row for row in report["rows"]}
+    project = rows["restv2-edge onnx fp32"]
+    assert project["status"] == "ok" and project["latency"]["runs"] == 2
+    assert project["accuracy"]["max_abs_diff"] <= 1e-4
+    assert rows["fake eager reference"]["accuracy"]["max_abs_diff"] < 1e-5  # batch 1 vs 16
+    broken = rows["fake broken toolchain"]
+    assert broken["status"] == "failed"
+    assert broken["error"] == "RuntimeError: toolchain exploded"
+    assert report["floors"]["fp32"]["ms"] > 0 and report["peak_rates"]["fp32"] > 0
+    goals = {goal["goal"] for goal in report["goals"]}
+    assert "onnx fp32 <= 0.85x its peer" in goals
+    assert "photos:" in report["settings"]["photos"]
+    assert all("_run" not in row for row in report["rows"])
+    json.dumps(report)  # plain data
+
+
+def _tiny_spec(model) -> dict:
+    config = model.config.to_dict()
+    keys = ("embed_dims", "num_heads", "depths", "sr_ratios", "num_classes")
+    return {key: config[key] for key in keys}
+
+
+def test_script_writes_the_table_goals_and_chart(
+    seeded_work, tiny_checkpoint, tmp_path, monkeypatch
+):
+    work, _ = seeded_work
+    script = _script()
+    monkeypatch.setattr(script.lib, "peer_plan", lambda targets, classes: FAKE_PEERS)
+    out = {suffix: tmp_path / f"peers.{suffix}" for suffix in ("json", "md", "png")}
+    code = script.main([
+        "--weights", str(tiny_checkpoint), "--work", str(work), "--phase", "time",
+        "--targets", "onnx", "--precisions", "fp32", "--threads", "1", "--warmup", "0",
+        "--runs", "2", "--photos", "2", "--gemm-size", "64", "--json", str(out["json"]),
+        "--markdown", str(out["md"]), "--plot", str(out["png"]),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads(out["json"].read_text())
+    assert [row["status"] for row in report["rows"]] == ["ok", "ok", "failed"]
+    text = out["md"].read_text()
+    assert "| onnx | fp32 | restv2-edge onnx fp32 | ok |" in text
+    assert "failed: RuntimeError: toolchain exploded" in text
+    assert "max \\|dlogit\\|" in text and "## Goals" in text
+    assert report["machine"]["cpu"] in text
+    assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_script_refuses_bad_options_in_one_line(tmp_path, capsys) -> None:
+    script = _script()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    reports = ["--json", str(tmp_path / "p.json"), "--markdown", "none", "--plot", "none"]
+    cases = [
+        (["--runs", "0"], "--runs"),
+        (["--targets", "nope"], "nope"),
+        (["--image-size", "65"], "--image-size"),
+        (["--precisions", "fp64"], "--precisions"),
+        (["--phase", "later"], "--phase"),
+        (["--variant", "Q"], "unknown variant"),
+        (["--weights", str(tmp_path / "missing.pth")], "not a file"),
+        (["--work", str(blocker)], "not a folder"),
+        (["--json", str(blocker / "x.json")], "--json"),
+    ]
+    for args, fragment in cases:
+        with pytest.raises(SystemExit) as info:
+            script.main([*reports, "--work", str(tmp_path / "work"), *args])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.slow
+def test_every_target_builds_and_its_peers_run(tiny_checkpoint, tmp_path) -> None:
+    """The whole pipeline on the tiny model: every installed target and precision exported,
+    every declared peer built on the reference model and timed; fp32 rows match it."""
+    script = _script()
+    out = tmp_path / "peers.json"
+    code = script.main([
+        "--weights", str(tiny_checkpoint), "--work", str(tmp_path / "work"), "--warmup", "0",
+        "--runs", "2", "--photos", "4", "--calib-size", "16", "--gemm-size", "64",
+        "--json", str(out), "--markdown", str(tmp_path / "p.md"), "--plot", "none",
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    declared = sum(len(get_descriptor(t).peers) for t in installed_targets())
+    assert sum(row["side"] == "peer" for row in report["rows"]) == declared
+    for row in report["rows"]:
+        print(row["key"], row["status"], row.get("ms"), row.get("accuracy"), row.get("error"))
+        assert row["status"] == "ok" or row["error"]
+        if row["status"] == "ok" and row["class"] == "fp32":
+            assert row["accuracy"]["max_abs_diff"] <= 1e-3, row
