@@ -172,3 +172,22 @@ def test_profile_eager_with_torch_profiler(tiny_checkpoint) -> None:
     text = CliRunner().invoke(main, ["profile", "--eager", "--weights", str(tiny_checkpoint),
                                      "--runs", "1", "--top", "2"])  # fmt: skip
     assert text.exit_code == 0 and "top ops:" in text.stdout and "end-to-end" in text.stdout
+
+
+def test_profile_report_needs_a_built_work_folder(tmp_path, capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "profile_report.py"
+    spec = importlib.util.spec_from_file_location("profile_report", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "profile.md"
+    for args, fragment in ((["--work", str(tmp_path)], "--phase build"),
+                           (["--runs", "0", "--work", str(tmp_path)], "--runs")):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            script.main([*args, "--markdown", str(out)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+    assert not out.exists()
