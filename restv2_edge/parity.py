@@ -14,13 +14,18 @@ from restv2_edge.data import default_photo_dir, open_unlabelled
 from restv2_edge.errors import DataError
 from restv2_edge.preprocess import Preprocessing, normalize, preprocess_image
 
-# Gates per precision. fp32: max |dlogit| and exact top-1; fp16/int8: cosine and the top-1
-# agreement on clear calls (``compare``: a flip between two classes closer than the
-# artifact's own error on that image is noise, not a different answer).
+# Gates per precision. fp32: max |dlogit| and exact top-1; fp16/bf16/int8: cosine and the
+# top-1 agreement on clear calls (``compare``: a flip between two classes closer than the
+# artifact's own error on that image is noise, not a different answer). fp16 and bf16 share
+# one gate, set from bf16's measured noise (an fp16 artifact may run at bf16, OpenVINO on
+# AVX-512 BF16 / AMX CPUs): worst cosine 0.99969 over 500 CIFAR-10 images of the fixture,
+# 2 clear-call flips in 99 on a random-weight T; the gate allows about 3x that cosine error
+# and one flip in the default 16 photos (docs/precision.md, scripts/precision_noise.py).
+HALF_GATE = {"cosine_min": 0.999, "top1_agreement_clear": 0.93}
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_diff": 1e-3, "top1_agreement": 1.0},
-    "fp16": {"cosine_min": 0.9995, "top1_agreement_clear": 0.99},
-    "bf16": {"cosine_min": 0.9995, "top1_agreement_clear": 0.99},
+    "fp16": dict(HALF_GATE),
+    "bf16": dict(HALF_GATE),
     "int8": {"cosine_mean": 0.99, "top1_agreement_clear": 0.9},
 }
 # Gates per precision for a features artifact, judged on every output (stage1..stage4).
