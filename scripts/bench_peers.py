@@ -350,20 +350,33 @@ def plot(report: dict[str, Any]) -> bytes:
             x = index - width / 2 + step * (slot + 0.5)
             color = "tab:blue" if row["side"] == "project" else "tab:gray"
             ax.bar(x, row["ms"], step * 0.9, color=color)
-            ax.annotate(f"{row['ms']:.1f}", (x, row["ms"]), ha="center", va="bottom", fontsize=7)
+            named = row["side"] == "project" and row["class"] == "half"
+            text = f"{row['ms']:.1f}" + (f"\n{row['precision']}" if named else "")
+            ax.annotate(text, (x, row["ms"]), ha="center", va="bottom", fontsize=7)
+    top = 1.2 * max((row["ms"] for row in rows), default=1.0)
     styles = {"fp32": "--", "half": "-.", "int8": ":"}
+    off_scale = []
     for name, floor in report["floors"].items():
-        if floor["ms"]:
-            ax.axhline(floor["ms"], linestyle=styles[name], color="tab:red", linewidth=1)
-            ax.annotate(f"{name} floor {floor['ms']:.1f}", (len(groups) - 0.5, floor["ms"]),
-                        ha="right", va="bottom", fontsize=7, color="tab:red")  # fmt: skip
+        if not floor["ms"]:
+            continue
+        if floor["ms"] > top:
+            off_scale.append(f"{name} floor {floor['ms']:.1f} ms")
+            continue
+        ax.axhline(floor["ms"], linestyle=styles[name], color="tab:red", linewidth=1)
+        ax.annotate(f"{name} floor {floor['ms']:.1f}", (len(groups) - 0.5, floor["ms"]),
+                    ha="right", va="bottom", fontsize=7, color="tab:red")  # fmt: skip
+    ax.set_ylim(0, top)
     ax.set_xticks(range(len(groups)), [f"{t}\n{c}" for t, c in groups], fontsize=8)
     ax.bar(0, 0, color="tab:blue", label="restv2-edge")
     ax.bar(0, 0, color="tab:gray", label="peer (toolchain defaults)")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_ylabel("latency ms (batch 1, median)")
-    size = "x".join(map(str, report["model"]["image_size"]))
-    ax.set_title(f"ResTv2 {size}: {report['machine']['cpu']}", fontsize=9)
+    m = report["model"]
+    title = f"ResTv2-{m['variant']} @ {'x'.join(map(str, m['image_size']))}: "
+    title += report["machine"]["cpu"]
+    if off_scale:
+        title += f"\n(off scale: {', '.join(off_scale)})"
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
