@@ -178,6 +178,23 @@ def test_measure_times_project_and_peers_against_the_reference(seeded_work, tiny
     json.dumps(report)  # plain data
 
 
+def test_a_row_that_fails_on_the_photos_is_a_failed_row(tiny_checkpoint, photo_dir) -> None:
+    from restv2_edge.parity import load_inputs
+
+    model = create_model(weights=tiny_checkpoint)
+    reference = oracle_model(tiny_checkpoint, **_tiny_spec(model))
+
+    def crash(x):
+        raise ValueError("bad input\ndetails")
+
+    good = {**lib._row("peer", "t", "fp32", "good"), "_run": lambda x: oracle_logits(reference, x)}
+    bad = {**lib._row("peer", "t", "fp32", "bad"), "status": "ok", "_run": crash}
+    lib.accuracy([good, bad], reference, load_inputs(model.preprocessing, photo_dir, 2))
+    assert good["accuracy"]["images"] == 2 and "_run" in good
+    assert bad["status"] == "failed" and "_run" not in bad
+    assert bad["error"] == "on the photos: ValueError: bad input"
+
+
 def _tiny_spec(model) -> dict:
     config = model.config.to_dict()
     keys = ("embed_dims", "num_heads", "depths", "sr_ratios", "num_classes")

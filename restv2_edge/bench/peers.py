@@ -323,7 +323,7 @@ def build_peer_rows(
 
 def accuracy(rows: list[dict[str, Any]], reference: Any, photos: Any) -> None:
     """Each row's logits against the reference model's on the photos (peers: one image per
-    call, the shape they were built for)."""
+    call, the shape they were built for); a row that cannot run them fails here."""
     from restv2_edge.parity import compare, torch_logits
 
     expected = torch_logits(reference, photos.images)
@@ -333,8 +333,9 @@ def accuracy(rows: list[dict[str, Any]], reference: Any, photos: Any) -> None:
         try:
             got = _logits(row, photos.images)
             metrics = compare(expected, got)
-        except Exception as exc:
-            row["accuracy"] = {"error": failure_line(exc)}
+        except Exception as exc:  # it would fail in the timing rounds too: a failed row
+            row.update(status="failed", error=f"on the photos: {failure_line(exc)}")
+            del row["_run"]
             continue
         row["accuracy"] = {
             key: metrics[key]
