@@ -32,6 +32,12 @@ units asked for (``load(device=...)``); elsewhere the restv2-edge MIL reference 
 CPU whatever the compute units (its description says so). ``RESTV2_EDGE_COREML_RUNNER`` =
 auto | coreml | interpreter forces one; ``RESTV2_EDGE_COREML_COMPUTE_UNITS`` overrides the
 manifest's compute units when no device is given.
+
+Profile and peers: none here. Core ML's per-op view (Xcode Instruments' Core ML template;
+``MLComputePlan``'s per-op device and estimated cost) needs macOS, and the MIL interpreter is
+a numerical reference, not a performance model: both runners' ``profile`` raise ProfileError
+(``NO_PROFILER``). A peer pipeline would have to run in Core ML, which Linux lacks, so the
+descriptor declares none.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from restv2_edge.converters.base import (
     Converter,
     ExportRequest,
     ExportResult,
+    OpProfile,
     Progress,
     Runner,
     TargetDescriptor,
@@ -69,13 +76,18 @@ from restv2_edge.converters.coreml_spec import (
     quiet,
 )
 
-from restv2_edge.errors import ExportError, RunnerUnavailableError, first_line
+from restv2_edge.errors import ExportError, ProfileError, RunnerUnavailableError, first_line
 
 MODEL_FILE = "model.mlpackage"
 DEFAULT_TARGET = "iOS17"
 MAX_RANK = 4
 RUNNER_ENV = "RESTV2_EDGE_COREML_RUNNER"
 UNITS_ENV = "RESTV2_EDGE_COREML_COMPUTE_UNITS"
+#: why neither runner profiles, and where a Core ML profile comes from
+NO_PROFILER = (
+    "Core ML's per-op profile (Xcode Instruments' Core ML template, MLComputePlan) needs macOS; "
+    "restv2-edge reads none, and the MIL interpreter is not a performance model"
+)
 
 
 # -- runners ------------------------------------------------------------------------------------
@@ -160,6 +172,10 @@ class CoreMLRunner(Runner):
     def _predict(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
         return _picked(self.model.predict({INPUT_NAME: x}), self.output_names)
 
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """coremltools' MLModel times no ops: ProfileError naming the tools that do."""
+        raise ProfileError(NO_PROFILER)
+
     def _run_images(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image
 
@@ -204,6 +220,10 @@ class InterpreterRunner(Runner):
 
     def _run(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
         return _picked(self.program.run({INPUT_NAME: x}, fp16=self.fp16), self.output_names)
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """numpy's op times say nothing of Core ML's: ProfileError naming the macOS tools."""
+        raise ProfileError(NO_PROFILER)
 
 
 # -- converter ---------------------------------------------------------------------------------

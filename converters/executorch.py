@@ -16,15 +16,28 @@ program is not exported with a symbolic batch.
 
 Devices: the CPU, also named by the backend the artifact was lowered to
 (``export.backend``, ``XnnpackBackend``), when this executorch build has that backend.
+
+Profile (``ExecuTorchRunner.profile``): ETDump from a separate program loaded with
+``enable_etdump``, read by the devtools Inspector; every XNNPACK operator of the delegate is
+a delegated node, every portable-kernel call outside it a fallback node.
+
+Peers (``PEERS``, the yardstick ``bench peers`` times the artifacts against): the
+official-structure graph through ``torch.export.export`` + ``to_edge_transform_and_lower``
+with the XNNPACK partitioner, fp32; and PT2E with ExecuTorch's XNNPACKQuantizer at
+``get_symmetric_quantization_config()``'s defaults, calibrated on the given images, lowered
+the same way. Neither gets this project's graph rewrites or its shape-op qparam sharing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
+import tempfile
+import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +46,15 @@ from restv2_edge.converters.base import (
     Converter,
     ExportRequest,
     ExportResult,
+    OpProfile,
+    OpTime,
+    PeerPipeline,
     Progress,
     Runner,
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ArtifactError, ExportError, first_line
+from restv2_edge.errors import ArtifactError, ExportError, ProfileError, first_line
 
 MODEL_FILE = "model.pte"
 INPUT_NAME = "input"
@@ -67,6 +83,8 @@ HEAVY_OPS = frozenset(
     }
 )
 _BOOKKEEPING = {"getitem", "executorch_call_delegate"}
+#: the profiler ``ExecuTorchRunner.profile`` reads
+PROFILER = "ExecuTorch ETDump (devtools Inspector)"
 
 
 class ExecuTorchRunner(Runner):
@@ -87,6 +105,7 @@ class ExecuTorchRunner(Runner):
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(int(threads))
+        self.path = path
         self.program, self.method = load_forward(path)
         version = getattr(executorch, "__version__", None) or executorch_version()
         self.description = (
@@ -104,6 +123,15 @@ class ExecuTorchRunner(Runner):
             raise ArtifactError(f"ExecuTorch forward failed: {first_line(exc)}") from exc
         arrays = [output.numpy() for output in outputs]
         return arrays[0] if len(arrays) == 1 else arrays
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """``x`` run ``runs`` times (after one settling run) by a second copy of the program
+        loaded with ETDump on; the runner's own program is left as it is."""
+        if runs < 1:
+            raise ProfileError(f"profile needs at least one run (got {runs})")
+        if x.shape[0] != self.batch_size:
+            raise ProfileError(f"profile takes one batch of {self.batch_size} (got {x.shape[0]})")
+        return etdump_profile(etdump_events(self.path, x, runs), runs)
 
 
 def load_forward(
@@ -374,6 +402,189 @@ def executorch_version() -> str:
         return "unknown"
 
 
+# -- profile -----------------------------------------------------------------------------------
+
+
+def etdump_events(path: Path, x: np.ndarray, runs: int) -> list[Any]:
+    """The Inspector's events of ``runs + 1`` forward calls of the program at ``path``, loaded
+    again with ETDump on (ProfileError, one line, where this build records none)."""
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.runtime import Runtime
+
+    tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    try:
+        program = Runtime.get().load_program(path, enable_etdump=True)
+        method = program.load_method("forward")
+        for _ in range(runs + 1):
+            method.execute([tensor])
+        with tempfile.TemporaryDirectory(prefix="restv2-edge-etdump-") as folder:
+            etdump = Path(folder) / "run.etdp"
+            program.write_etdump_result_to_file(str(etdump), str(Path(folder) / "debug.bin"))
+            with warnings.catch_warnings():  # "Output Buffer not found": no tensor data asked
+                warnings.simplefilter("ignore")
+                inspector = Inspector(etdump_path=str(etdump))
+    except Exception as exc:
+        raise ProfileError(f"ExecuTorch ETDump profiling failed: {first_line(exc)}") from exc
+    blocks = [block for block in inspector.event_blocks if block.name == "Execute"]
+    events = [event for block in blocks for event in block.events]
+    if not any(e.perf_data for e in events):
+        raise ProfileError(
+            "this executorch build records no ETDump execute events "
+            "(it needs EXECUTORCH_ENABLE_EVENT_TRACER)"
+        )
+    return events
+
+
+def etdump_profile(events: list[Any], runs: int) -> OpProfile:
+    """Per-node mean times from ETDump events.
+
+    Delegated nodes: the XNNPACK operators the delegate times (``is_delegated_op``). Fallback
+    nodes: each ``OPERATOR_CALL`` (a portable kernel call outside the delegate, named by the
+    ``native_call_<kernel>`` event of the same instruction). ``DELEGATE_CALL`` and
+    ``Method::execute`` span those nodes and are read only for the notes.
+    """
+    kernels = {
+        _instruction(e): e.name.removeprefix("native_call_")
+        for e in events
+        if e.name.startswith("native_call_")
+    }
+    ops: list[OpTime] = []
+    spans: Counter[str] = Counter()
+    for event in events:
+        if not event.perf_data:
+            continue
+        ms = _mean_ms(event, runs)
+        where = _instruction(event)
+        if event.is_delegated_op:
+            kind = re.sub(r" #\d+$", "", event.name)
+            ops.append(OpTime(f"{where}:{event.name}", kind, ms, delegated=True))
+        elif event.name == "OPERATOR_CALL":
+            kernel = kernels.get(where, "operator")
+            ops.append(OpTime(f"{where}:{kernel}", kernel, ms, delegated=False))
+        elif event.name in ("DELEGATE_CALL", "Method::execute"):
+            spans[event.name] += ms
+    inside = sum(op.ms for op in ops if op.delegated)
+    notes = (
+        f"one settling run before the {runs} profiled ones is left out",
+        f"Method::execute {spans['Method::execute']:.3f} ms per inference; XNNPACK delegate "
+        f"calls {spans['DELEGATE_CALL']:.3f} ms, their operators {inside:.3f} ms (the rest, "
+        "delegate entry and copies, is in no node)",
+        "XNNPACK times its operators in whole microseconds: sub-microsecond ones read 0",
+        "names are the runtime's (XNNPACK operators, portable kernels) prefixed with the "
+        "instruction index: the artifact carries no ETRecord to map them to source ops",
+    )
+    return OpProfile(profiler=PROFILER, runs=runs, ops=tuple(ops), notes=notes)
+
+
+def _instruction(event: Any) -> int | None:
+    """The event's instruction index (the Inspector keeps it only as ``_instruction_id``)."""
+    return getattr(event, "_instruction_id", None)
+
+
+def _mean_ms(event: Any, runs: int) -> float:
+    """Mean of the event's per-run times (ms) without the settling run."""
+    raw = list(event.perf_data.raw)
+    timed = raw[1:] if len(raw) > runs else raw
+    return float(np.mean(timed)) if timed else 0.0
+
+
+# -- peers -------------------------------------------------------------------------------------
+
+PeerRun = Callable[[np.ndarray], np.ndarray]
+#: the program file each peer writes into its work folder, per precision
+PEER_FILES = {"fp32": "peer-fp32.pte", "int8": "peer-int8.pte"}
+
+
+def build_peer_fp32(model: Any, example: Any, calibration: Any, workdir: Path) -> PeerRun:
+    """The official-structure graph: plain torch.export + XNNPACK lowering, fp32."""
+    import torch
+
+    where = "executorch peer fp32"
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(model, (torch.from_numpy(example),))
+    except Exception as exc:
+        raise ExportError(f"{where}: torch.export failed: {first_line(exc)}") from exc
+    return _peer_run(exported, where, workdir / PEER_FILES["fp32"])
+
+
+def build_peer_int8(model: Any, example: Any, calibration: Any, workdir: Path) -> PeerRun:
+    """PT2E with XNNPACKQuantizer at ``get_symmetric_quantization_config()``, calibrated on
+    ``calibration`` in batches of the example's size, then the same lowering."""
+    import torch
+
+    where = "executorch peer int8"
+    batch = example.shape[0]
+    if calibration is None or len(calibration) < batch:
+        raise ExportError(f"{where}: needs at least {batch} calibration image(s)")
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config())
+        with torch.no_grad():
+            graph = torch.export.export(model, (torch.from_numpy(example),)).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            for start in range(0, len(calibration) - batch + 1, batch):
+                prepared(torch.from_numpy(np.ascontiguousarray(calibration[start : start + batch])))
+            converted = convert_pt2e(prepared)
+            exported = torch.export.export(converted, (torch.from_numpy(example),))
+    except Exception as exc:
+        raise ExportError(f"{where}: PT2E quantization failed: {first_line(exc)}") from exc
+    return _peer_run(exported, where, workdir / PEER_FILES["int8"])
+
+
+def _peer_run(exported: Any, where: str, path: Path) -> PeerRun:
+    """``exported`` lowered to XNNPACK as the toolchain does by default, written to ``path``
+    (for a look or a profile) and loaded by executorch.runtime (ExportError, one line, if the
+    lowered program does not load, with XNNPACK's logged reason: the plain int8 graph can
+    hold requantizing shape ops)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        program = edge.to_executorch()
+    except Exception as exc:
+        raise ExportError(f"{where}: XNNPACK lowering failed: {first_line(exc)}") from exc
+    path.write_bytes(program.buffer)
+    loaded, method = load_forward(program.buffer, ExportError, f"{where}: the lowered program")
+    return PeerProgram(loaded, method)
+
+
+class PeerProgram:
+    """A peer's loaded program: x -> its first output as float32 (what ``bench peers`` times)."""
+
+    def __init__(self, program: Any, method: Any) -> None:
+        self.program = program  # owns the buffer the method runs from
+        self.method = method
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return self.method.execute([tensor])[0].numpy()
+
+
+PEERS = (
+    PeerPipeline(
+        label="ExecuTorch fp32: torch.export + to_edge_transform_and_lower(XnnpackPartitioner)",
+        precision="fp32",
+        build=build_peer_fp32,
+    ),
+    PeerPipeline(
+        label="ExecuTorch int8: PT2E XNNPACKQuantizer(get_symmetric_quantization_config()) "
+        "+ XNNPACK lowering",
+        precision="int8",
+        build=build_peer_int8,
+    ),
+)
+
+
 CONVERTER = ExecuTorchConverter()
 DESCRIPTOR = TargetDescriptor(
     name="executorch",
@@ -387,4 +598,5 @@ DESCRIPTOR = TargetDescriptor(
     converter=CONVERTER,
     manifest_fields=("backend", "delegation"),
     order=30,
+    peers=PEERS,
 )

@@ -12,6 +12,16 @@ delegates are not offered.
 
 The native graph form measured faster in LiteRT than the decomposed one (docs/graph-forms.md).
 The export records how the XNNPACK delegate takes the graph (``export.delegation``).
+
+Profile: none here. ai-edge-litert's Python Interpreter exposes no per-op timings (its
+``experimental_force_delegate_node_profiling`` switch has no reader in the bindings), so
+``LiteRTRunner.profile`` raises ProfileError naming the tool that has them: TFLite's
+``benchmark_model`` binary with ``--enable_op_profiling=true``.
+
+Peer (``PEERS``): the official-structure graph through ``litert_torch.convert(model,
+(example,))`` (its defaults, no signature names), run by the Interpreter with its defaults but
+the thread count, which is set to the usable cores as this module's runner does (the
+Interpreter's own default is one thread).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import importlib.util
 import io
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +40,32 @@ from restv2_edge.converters.base import (
     Converter,
     ExportRequest,
     ExportResult,
+    OpProfile,
+    PeerPipeline,
     Progress,
     Runner,
     TargetDescriptor,
 )
 
-from restv2_edge.errors import ArtifactError, BackendMissingError, ExportError, first_line
+from restv2_edge.errors import (
+    ArtifactError,
+    BackendMissingError,
+    ExportError,
+    ProfileError,
+    first_line,
+)
 
 MODEL_FILE = "model.tflite"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 SIGNATURE = "serving_default"
+#: the .tflite the peer writes into its work folder
+PEER_FILE = "peer-fp32.tflite"
+#: why ``LiteRTRunner.profile`` has no profile, and where one comes from
+NO_PROFILER = (
+    "ai-edge-litert's Python Interpreter exposes no per-op profiler; profile the .tflite with "
+    "TFLite's benchmark_model binary (--graph=model.tflite --enable_op_profiling=true)"
+)
 #: ``export.weights`` per precision (int8: the int8 recipe, calibration/litert.py)
 WEIGHT_TYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 #: ai-edge-quantizer recipe: float16 weights for the ops that have weights, float32 compute
@@ -98,6 +123,10 @@ class LiteRTRunner(Runner):
         self.interpreter.invoke()
         arrays = [self.interpreter.get_tensor(index).copy() for index in self.output_indices]
         return arrays[0] if len(arrays) == 1 else arrays
+
+    def profile(self, x: np.ndarray, runs: int) -> OpProfile:
+        """No per-op timings from these bindings: ProfileError naming the tool that has them."""
+        raise ProfileError(NO_PROFILER)
 
 
 class LiteRTConverter(Converter):
@@ -336,6 +365,61 @@ def _versions(precision: str) -> dict[str, str]:
     return {name.replace("-", "_"): version(name) for name in names}
 
 
+# -- peer --------------------------------------------------------------------------------------
+
+
+def build_peer_fp32(
+    model: Any, example: Any, calibration: Any, workdir: Path
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``litert_torch.convert(model, (example,))`` (written to ``workdir``/``PEER_FILE``) run
+    by the Interpreter on the usable cores."""
+    if importlib.util.find_spec("litert_torch") is None:
+        raise BackendMissingError("litert_torch", DESCRIPTOR.extra)
+    import litert_torch
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    where = "litert peer fp32"
+    with _quiet_progress():
+        try:
+            data = bytes(litert_torch.convert(model, (torch.from_numpy(example),)).model_content())
+        except Exception as exc:
+            raise ExportError(
+                f"{where}: litert-torch conversion failed: {first_line(exc)}"
+            ) from exc
+    (workdir / PEER_FILE).write_bytes(data)
+    try:
+        interpreter = Interpreter(model_content=data, num_threads=_usable_cores())
+        interpreter.allocate_tensors()
+    except Exception as exc:
+        raise ExportError(f"{where}: the Interpreter cannot load it: {first_line(exc)}") from exc
+    return PeerInterpreter(interpreter)
+
+
+class PeerInterpreter:
+    """The peer's Interpreter: x -> its first output (what ``bench peers`` times)."""
+
+    def __init__(self, interpreter: Any) -> None:
+        self.interpreter = interpreter
+        self.input_index = interpreter.get_input_details()[0]["index"]
+        self.output_index = interpreter.get_output_details()[0]["index"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(x, dtype=np.float32))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index).copy()
+
+
+PEERS = (
+    PeerPipeline(
+        label="LiteRT fp32: litert_torch.convert + Interpreter defaults (XNNPACK), "
+        "threads = usable cores",
+        precision="fp32",
+        build=build_peer_fp32,
+    ),
+)
+
+
 CONVERTER = LiteRTConverter()
 DESCRIPTOR = TargetDescriptor(
     name="litert",
@@ -350,4 +434,5 @@ DESCRIPTOR = TargetDescriptor(
     converter=CONVERTER,
     manifest_fields=("signature", "ops", "op_types", "weights", "float16_tensors", "delegation"),
     order=50,
+    peers=PEERS,
 )
