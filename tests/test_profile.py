@@ -118,6 +118,8 @@ def test_bad_options_are_one_line(monkeypatch, capsys, tmp_path) -> None:
         ((str(tmp_path), "--runs", "0"), "--runs"),
         ((str(tmp_path), "--top", "x"), "--top"),
         (("--eager", "--image-size", "65"), "--image-size"),
+        (("--eager", "--variant", "Q"), "unknown variant"),
+        ((str(tmp_path / "missing"),), "missing"),
     ]
     for args, fragment in cases:
         code, _, err = _cli(monkeypatch, capsys, "profile", *args)
