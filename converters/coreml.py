@@ -36,8 +36,9 @@ manifest's compute units when no device is given.
 Profile and peers: none here. Core ML's per-op view (Xcode Instruments' Core ML template;
 ``MLComputePlan``'s per-op device and estimated cost) needs macOS, and the MIL interpreter is
 a numerical reference, not a performance model: both runners' ``profile`` raise ProfileError
-(``NO_PROFILER``). A peer pipeline would have to run in Core ML, which Linux lacks, so the
-descriptor declares none.
+naming those tools (``NO_PROFILER``; on macOS ``NO_FRAMEWORK_PROFILER``, not run on Linux).
+A peer pipeline would have to run in Core ML, which Linux lacks, so the descriptor declares
+none.
 """
 
 from __future__ import annotations
@@ -83,10 +84,15 @@ DEFAULT_TARGET = "iOS17"
 MAX_RANK = 4
 RUNNER_ENV = "RESTV2_EDGE_COREML_RUNNER"
 UNITS_ENV = "RESTV2_EDGE_COREML_COMPUTE_UNITS"
-#: why neither runner profiles, and where a Core ML profile comes from
+#: why the MIL interpreter's runner does not profile, and where a Core ML profile comes from
 NO_PROFILER = (
-    "Core ML's per-op profile (Xcode Instruments' Core ML template, MLComputePlan) needs macOS; "
-    "restv2-edge reads none, and the MIL interpreter is not a performance model"
+    "Core ML profiles need macOS (Xcode Instruments' Core ML template, MLComputePlan); the MIL "
+    "interpreter that runs the program here is a numerical reference, not a performance model"
+)
+#: why the Core ML framework's runner does not profile either
+NO_FRAMEWORK_PROFILER = (
+    "coremltools' MLModel reports no per-op times: profile the .mlpackage in Xcode Instruments "
+    "(Core ML template) or read MLComputePlan's per-op estimates"
 )
 
 
@@ -174,7 +180,7 @@ class CoreMLRunner(Runner):
 
     def profile(self, x: np.ndarray, runs: int) -> OpProfile:
         """coremltools' MLModel times no ops: ProfileError naming the tools that do."""
-        raise ProfileError(NO_PROFILER)
+        raise ProfileError(NO_FRAMEWORK_PROFILER)
 
     def _run_images(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image

@@ -158,6 +158,35 @@ def test_executorch_int8_peer_needs_calibration_images(reference, photos, tmp_pa
     assert _first_line_error(info).startswith("executorch peer int8: needs at least 1")
 
 
+class RequantizingReshape(torch.nn.Module):
+    """A linear, a slice of its output, a reshape, a second linear. XNNPACKQuantizer's
+    defaults observe the reshape's output apart from the linear's (the slice holds the
+    smaller channels), so XNNPACK gets a reshape that requantizes, and refuses it at load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = torch.nn.Linear(16, 16)
+        with torch.no_grad():
+            self.source.weight.mul_(torch.linspace(0.1, 3.0, 16).unsqueeze(1))
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.source(x)[..., :8].unflatten(2, (2, 4)))
+
+
+def test_executorch_int8_peer_load_failure_is_one_export_error_line(tmp_path) -> None:
+    pytest.importorskip("executorch")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    calibration = (rng.standard_normal((8, 4, 16)) * 3).astype(np.float32)
+    peer = get_descriptor("executorch").peers[1]
+    with pytest.raises(ExportError) as info:
+        peer.build(RequantizingReshape().eval(), calibration[:1], calibration, tmp_path)
+    message = _first_line_error(info)
+    assert message.startswith("executorch peer int8: the lowered program: ExecuTorch load_method")
+    assert "xnn_status_invalid_parameter" in message
+
+
 @pytest.mark.slow
 def test_executorch_int8_peer_runs_close_to_the_reference(reference, photos, tmp_path) -> None:
     """Plain PT2E + XNNPACKQuantizer defaults on the tiny model: it loads and runs, a working
