@@ -4,7 +4,8 @@ Rows: PyTorch eager fp32 (the baseline), then each (target, precision) the conve
 (int8 where calibration/ has a recipe). Each row gets its parity record, size, latency in
 the same interleaved rounds as the others and as the GEMMs behind the floors, and top-1
 accuracy when labelled data is given. A failed export is a row with an error, not the end
-of the matrix.
+of the matrix. With ``--ray`` the cells (export + parity + accuracy) run as Ray tasks
+(restv2_edge.scale.executor) and the timing stays here, on one machine.
 """
 
 from __future__ import annotations
@@ -116,11 +117,15 @@ def run_matrix(
     calib_size: int = 64,
     gemm_size: int = 1024,
     progress: Progress = lambda step: None,
+    cluster: Any = None,
 ) -> dict[str, Any]:
     """Export ``variant`` to every installed target/precision, check parity, measure all.
 
     int8 rows calibrate on ``calib`` (a saved calibration set) or ``calib_size`` images of
     ``calib_data`` (default: the shared ImageNet sample) with each target's recipe defaults.
+    With ``cluster`` (a ``restv2_edge.scale.executor.MatrixCells``) each export + parity +
+    accuracy cell is a Ray task; the artifacts land in ``output`` and are timed here, in the
+    same interleaved rounds as a local run, so the table is the same.
     """
     from restv2_edge.complexity import total_macs
     from restv2_edge.config import variant_name
@@ -152,12 +157,24 @@ def run_matrix(
             calibration.append(_calibration(model, calib, calib_data, calib_size, notes))
         return calibration[0]
 
-    for target, precision in matrix_plan(targets, int8):
-        folder = Path(output) / f"restv2-{name}-{model.image_size}-{target}-{precision}"
-        progress(f"export {target}/{precision}")
-        row, manifest, runner = _export_row(
-            model, target, precision, folder, threads, parity_data, parity_limit, calibration_set
-        )
+    cells = [
+        (target, precision, Path(output) / f"restv2-{name}-{model.image_size}-{target}-{precision}")
+        for target, precision in matrix_plan(targets, int8)
+    ]
+    if cluster is not None:
+        needs_int8 = any(precision == "int8" for _, precision, _ in cells)
+        settings = {"threads": None, "parity_data": parity_data, "parity_limit": parity_limit,
+                    "calibration": calibration_set() if needs_int8 else None,
+                    "accuracy_data": accuracy_data, "accuracy_split": accuracy_split,
+                    "accuracy_limit": accuracy_limit}  # fmt: skip
+        opened = [_open_row(row, threads) for row in cluster.run(model, cells, settings, progress)]
+    else:
+        opened = []
+        for target, precision, folder in cells:
+            progress(f"export {target}/{precision}")
+            opened.append(_export_row(model, target, precision, folder, threads, parity_data,
+                                      parity_limit, calibration_set))  # fmt: skip
+    for row, manifest, runner in opened:
         rows.append(row)
         if runner is not None:
             xa = bench_input(manifest, batch)
@@ -179,7 +196,7 @@ def run_matrix(
     if accuracy_data is not None:
         for row in rows:
             source = row["artifact"] or weights
-            if row.get("status") == "failed" or source is None:
+            if row.get("status") == "failed" or source is None or "accuracy" in row:
                 continue
             progress(f"accuracy {row['key']}")
             row["accuracy"] = _accuracy(source, accuracy_data, accuracy_split, accuracy_limit)
@@ -208,6 +225,7 @@ def run_matrix(
             "accuracy_split": accuracy_split,
             "accuracy_limit": accuracy_limit,
             "gemm_size": gemm_size,
+            "ray": cluster.describe() if cluster is not None else None,
         },
         "peak_rates": rates,
         "notes": notes,
@@ -294,6 +312,42 @@ def _export_row(
             "images": metrics.get("images"),
         },
     )
+    return row, manifest, runner
+
+
+def export_cell(
+    model: Any,
+    target: str,
+    precision: str,
+    folder: Path,
+    threads: int | None = None,
+    parity_data: Any = None,
+    parity_limit: int | None = 16,
+    calibration: Any = None,
+    accuracy_data: Any = None,
+    accuracy_split: str | None = None,
+    accuracy_limit: int | None = 500,
+) -> dict[str, Any]:
+    """One cell of the matrix as a unit of work (a Ray task of ``bench matrix --ray``):
+    export + parity, then top-1/top-5 on ``accuracy_data`` when given. Returns the row."""
+    row, _, _ = _export_row(model, target, precision, folder, threads or usable_cores(),
+                            parity_data, parity_limit, lambda: calibration)  # fmt: skip
+    if accuracy_data is not None and row.get("status") == "ok":
+        row["accuracy"] = _accuracy(folder, accuracy_data, accuracy_split, accuracy_limit)
+    return row
+
+
+def _open_row(row: dict[str, Any], threads: int) -> tuple[dict[str, Any], Any, Any]:
+    """A row exported elsewhere, with its artifact opened here (verified) for the timing."""
+    if row.get("status") != "ok":
+        return row, None, None
+    from restv2_edge.artifact import open_artifact
+
+    try:
+        manifest, runner = open_artifact(row["artifact"], threads)
+    except RestV2EdgeError as exc:
+        row.update(status="failed", error=first_line(exc))
+        return row, None, None
     return row, manifest, runner
 
 
