@@ -41,6 +41,9 @@ from restv2_edge.cli_types import (
 )
 from restv2_edge.errors import RestV2EdgeError
 from restv2_edge.publish import write_report
+from restv2_edge.scale.address import ray_option
+from restv2_edge.scale.cluster import DEFAULT_RETRIES
+from restv2_edge.scale.shards import DEFAULT_SHARD_SIZE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -577,38 +580,40 @@ def predict(
 
 
 @main.command(name="eval")
-@click.argument("model", type=click.Path())
+@click.argument("models", nargs=-1, required=True, type=click.Path(), metavar="MODEL...")
 @click.option("--data", required=True, type=click.Path(), help="Labelled ImageFolder dir or tar.")
 @click.option("--split", default=None, help="Split folder inside --data (e.g. test).")
 @click.option("--limit", type=POSITIVE_INT, default=None,
               help="At most N images, spread over classes.")  # fmt: skip
 @click.option("--json", "json_file", type=ReportPath(), default=None)
+@click.option("--predictions", is_flag=True, help="Put the per-image top-5 in the --json report.")
 @device_option
-def evaluate_command(model: str, data: str, split: str | None, limit: int | None,
-                     json_file: str | None, device: str | None) -> None:  # fmt: skip
-    """Top-1/top-5 of a checkpoint or an exported artifact on labelled images."""
-    from rich.progress import Progress
+@ray_option("Run each shard of each artifact as a Ray task on the cluster at ADDRESS "
+            "(auto: the one this machine joined; local: start one here; HOST:PORT).")  # fmt: skip
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run (shard results kept beside --json).")  # fmt: skip
+@click.option("--shard-size", type=POSITIVE_INT, default=DEFAULT_SHARD_SIZE, show_default=True,
+              help="Images per shard (rounded up to a multiple of the batch).")  # fmt: skip
+@click.option("--retries", type=click.IntRange(min=0), default=DEFAULT_RETRIES, show_default=True,
+              help="--ray: times a task whose worker died is run again.")  # fmt: skip
+@click.option("--shared-storage", is_flag=True,
+              help="--ray: every node sees the artifact paths: send paths, not files.")  # fmt: skip
+def evaluate_command(models: tuple[str, ...], data: str, split: str | None, limit: int | None,
+                     json_file: str | None, predictions: bool, device: str | None,
+                     ray_address: str | None, resume: bool, shard_size: int, retries: int,
+                     shared_storage: bool) -> None:  # fmt: skip
+    """Top-1/top-5, per-class accuracy and worst classes of checkpoints or exported artifacts
+    on labelled images; --ray spreads the shards over a Ray cluster."""
+    if resume and not json_file:
+        raise click.UsageError("--resume needs --json REPORT (shard results are kept beside it)")
+    if ray_address is None:
+        refuse_unused(["retries", "shared_storage"], "without --ray")
+    elif not all(Path(model).is_dir() for model in models):
+        raise click.UsageError("--ray evaluates exported artifact folders, not checkpoints")
+    from restv2_edge.scale.command import eval_command
 
-    from restv2_edge.evaluate import evaluate
-
-    if Path(model).is_dir():
-        from restv2_edge.artifact import require_classifier
-        from restv2_edge.manifest import Manifest
-
-        require_classifier(Manifest.read(model), model, "eval")
-    out = console()
-    with Progress(console=out, transient=True) as bar:
-        task = bar.add_task("eval", total=None)
-
-        def update(event: dict[str, Any]) -> None:
-            bar.update(task, total=event["total"], completed=event["done"],
-                       description=f"eval top-1 {event['top1']:.3f}")  # fmt: skip
-
-        result = evaluate(model, data, split, limit, progress=update, device=device)
-    if json_file:
-        write_report(json_file, json.dumps(result, indent=2) + "\n")
-    out.print(f"{result['runner']}: top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  "
-              f"on {result['images']} images ({result['skipped']} skipped)")  # fmt: skip
+    eval_command(models, data, split, limit, json_file, predictions, device, ray_address,
+                 resume, shard_size, retries, shared_storage, console())  # fmt: skip
 
 
 def run() -> None:
