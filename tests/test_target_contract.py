@@ -327,9 +327,9 @@ def test_undeclared_precision_is_a_one_line_error(
         _nothing_written(tmp_path, out)
     # a precision no target has, through the API: the converter names itself and its choices
     _installed(target)
-    out = tmp_path / "api-bf16"
-    with pytest.raises(ExportError, match=f"{target} cannot export precision bf16") as info:
-        export_artifact(tiny_model, target, out, ExportRequest(precision="bf16"))
+    out = tmp_path / "api-fp8"
+    with pytest.raises(ExportError, match=f"{target} cannot export precision fp8") as info:
+        export_artifact(tiny_model, target, out, ExportRequest(precision="fp8"))
     assert all(p in str(info.value) for p in declared)
     _nothing_written(tmp_path, out)
 
