@@ -209,7 +209,8 @@ def test_resume_runs_only_the_missing_shards(ray_head, artifacts, cifar_test_tar
         ShardStore(store.folder, changed).start(resume=True)
 
 
-def test_cli_eval_ray_and_resume(ray_head, artifacts, cifar_test_tar, local_reports, tmp_path):
+@pytest.mark.slow  # a second driver process: its own workers start and import the runtimes
+def test_cli_eval_ray(ray_head, artifacts, cifar_test_tar, local_reports, tmp_path):
     report = tmp_path / "eval.json"
     args = ["eval", *artifacts, "--data", cifar_test_tar, "--limit", LIMIT, "--shard-size",
             SHARD, "--json", report, "--predictions"]  # fmt: skip
@@ -218,8 +219,7 @@ def test_cli_eval_ray_and_resume(ray_head, artifacts, cifar_test_tar, local_repo
     result = subprocess.run(command, capture_output=True, text=True, env=env_run, timeout=300)
     assert result.returncode == 0, result.stderr
     written = json.loads(report.read_text())["results"]
-    local = evaluate_models(artifacts, cifar_test_tar, limit=LIMIT, shard_size=SHARD)
-    for got, expected in zip(written, local):
+    for got, expected in zip(written, local_reports):
         assert got["predictions"] == expected["predictions"]
         assert got["top1"] == expected["top1"] and got["per_class"] == expected["per_class"]
     assert not (tmp_path / "eval.json.shards").exists()  # a complete run keeps no shards
@@ -248,3 +248,30 @@ def test_tampered_shipped_artifact_is_refused_on_the_worker(artifacts, tmp_path,
     packed["files"][model_file] = blob[:-1] + bytes([blob[-1] ^ 1])
     with pytest.raises(ArtifactError, match="sha256"):
         open_on_worker(packed, 1, None)
+
+
+@pytest.mark.slow  # two onnx exports of the tiny model (one here, one on a worker)
+def test_bench_matrix_on_ray_gives_the_local_table(ray_head, tiny_checkpoint, photo_dir,
+                                                   cifar_test_tar, tmp_path):  # fmt: skip
+    import ray
+
+    from restv2_edge.bench.matrix import run_matrix
+    from restv2_edge.scale.executor import MatrixCells
+    from restv2_edge.scale.payload import BYTES
+
+    settings = {"variant": None, "weights": tiny_checkpoint, "targets": ["onnx"], "warmup": 0,
+                "runs": 1,
+                "parity_data": photo_dir, "parity_limit": 4, "accuracy_data": cifar_test_tar,
+                "accuracy_limit": 32, "gemm_size": 64, "threads": 1}  # fmt: skip
+    local = run_matrix(output=tmp_path / "local", **settings)
+    remote = run_matrix(output=tmp_path / "ray", cluster=MatrixCells(ray, ray_head, BYTES),
+                        **settings)  # fmt: skip
+
+    def table(report):
+        keep = ("key", "status", "parity", "accuracy", "size_mb")
+        return [{k: row.get(k) for k in keep} for row in report["rows"]]
+
+    assert table(remote) == table(local)
+    assert remote["rows"][1]["status"] == "ok" and "median_ms" in remote["rows"][1]
+    assert Path(remote["rows"][1]["artifact"]).parent == tmp_path / "ray"
+    assert remote["settings"]["ray"]["ship"] == BYTES

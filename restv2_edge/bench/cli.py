@@ -21,6 +21,8 @@ import click
 from restv2_edge.bench.gpu import DEFAULTS as GPU_DEFAULTS
 from restv2_edge.bench.gpu import DTYPES
 from restv2_edge.cli_types import ImageSize, device_option
+from restv2_edge.scale.address import ray_option
+from restv2_edge.scale.cluster import DEFAULT_RETRIES
 
 
 class BenchGroup(click.Group):
@@ -170,6 +172,22 @@ def _spinner(out: Any) -> Iterator[Callable[[str], None]]:
         yield lambda step: status.update(f"{step}...")
 
 
+@contextlib.contextmanager
+def _cluster(o: dict[str, Any]) -> Iterator[Any]:
+    """The matrix's cells on Ray (``--ray``), or None for a local run; ray is imported only
+    with --ray."""
+    if o["ray_address"] is None:
+        yield None
+        return
+    from restv2_edge.scale.cluster import connected
+    from restv2_edge.scale.executor import MatrixCells
+    from restv2_edge.scale.payload import BYTES, SHARED
+
+    ship = SHARED if o["shared_storage"] else BYTES
+    with connected(o["ray_address"]) as ray:
+        yield MatrixCells(ray, o["ray_address"], ship, o["retries"])
+
+
 def _write(path: str | None, text: str, out: Any) -> None:
     if path:
         from restv2_edge.publish import write_report
@@ -281,6 +299,22 @@ def run_command(
     callback=_report_path,
     help="Write the matrix as a doc (docs/benchmarks/cpu.md).",
 )
+@ray_option(
+    "Run each export + parity + accuracy cell as a Ray task on the cluster at ADDRESS "
+    "(auto, local or HOST:PORT); the timing stays on this machine."
+)
+@click.option(
+    "--shared-storage",
+    is_flag=True,
+    help="--ray: --output is on storage every node mounts; workers write there.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_RETRIES,
+    show_default=True,
+    help="--ray: times a cell whose worker died is run again.",
+)
 def matrix_command(**o: Any) -> None:
     """Export --variant to every installed target and precision, then measure them all."""
     import shlex
@@ -291,12 +325,15 @@ def matrix_command(**o: Any) -> None:
 
     out = _console()
     reports = ("json_file", "plot", "markdown")
-    settings = {name: value for name, value in o.items() if name not in reports}
+    cluster_options = ("ray_address", "shared_storage", "retries")
+    if o["ray_address"] is None and (o["shared_storage"] or o["retries"] != DEFAULT_RETRIES):
+        raise click.UsageError("--shared-storage and --retries do nothing without --ray")
+    settings = {n: v for n, v in o.items() if n not in reports + cluster_options}
     settings["variant"] = parse_variant(o["variant"])
     if o["targets"]:
         settings["targets"] = [t.strip() for t in o["targets"].split(",")]
-    with _spinner(out) as progress:
-        report = run_matrix(**settings, progress=progress)
+    with _spinner(out) as progress, _cluster(o) as cluster:
+        report = run_matrix(**settings, progress=progress, cluster=cluster)
     if o["weights"] is None:
         out.print("[yellow]random weights: parity is meaningful, accuracy is not[/]")
     render.render_matrix(report, _table_console())

@@ -109,9 +109,9 @@ def run_all(
                 else:
                     item.done(result)
     except BaseException:
-        for ref in pending:
+        for ref in pending:  # not force: the workers stay up (a resumed run reuses them)
             with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)
         raise
     return failed
 
