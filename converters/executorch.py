@@ -468,9 +468,12 @@ def etdump_profile(events: list[Any], runs: int) -> OpProfile:
     notes = (
         f"one settling run before the {runs} profiled ones is left out",
         f"Method::execute {spans['Method::execute']:.3f} ms per inference; XNNPACK delegate "
-        f"calls {spans['DELEGATE_CALL']:.3f} ms, their operators {inside:.3f} ms (the rest, "
-        "delegate entry and copies, is in no node)",
+        f"calls {spans['DELEGATE_CALL']:.3f} ms, their operators {inside:.3f} ms: the rest "
+        "(delegate entry, input/output copies, what whole-microsecond operator times leave "
+        "out) is in no node",
         "XNNPACK times its operators in whole microseconds: sub-microsecond ones read 0",
+        "recording costs a little per node: a program of many microsecond nodes runs slower "
+        "under ETDump than in a normal call",
         "names are the runtime's (XNNPACK operators, portable kernels) prefixed with the "
         "instruction index: the artifact carries no ETRecord to map them to source ops",
     )
