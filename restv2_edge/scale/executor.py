@@ -30,8 +30,9 @@ from restv2_edge.scale.tasks import eval_shard_task
 class RayEvalExecutor:
     """Runs an EvalPlan's shard tasks on the cluster ``ray`` is connected to.
 
-    ``threads`` per task (each task asks Ray for one CPU), ``retries`` for a task whose
-    worker dies, ``ship`` ``bytes`` or ``shared`` (see restv2_edge.scale.payload)."""
+    ``threads`` per task (each task asks Ray for ``cpus_per_task`` CPUs, one by default:
+    as many tasks in flight as the cluster has CPUs), ``retries`` for a task whose worker
+    dies, ``ship`` ``bytes`` or ``shared`` (see restv2_edge.scale.payload)."""
 
     ray: Any
     retries: int = DEFAULT_RETRIES
@@ -39,6 +40,7 @@ class RayEvalExecutor:
     threads: int | None = 1
     device: str | None = None
     window: int | None = None
+    cpus_per_task: float = 1
     on_failed: Callable[[str, str], None] = lambda ident, why: None
 
     def run(
@@ -48,9 +50,9 @@ class RayEvalExecutor:
         on_result: Callable[[str, dict[str, Any]], None],
     ) -> None:
         ray = self.ray
-        remote = ray.remote(num_cpus=1, max_retries=self.retries, retry_exceptions=False)(
-            eval_shard_task
-        )
+        remote = ray.remote(
+            num_cpus=self.cpus_per_task, max_retries=self.retries, retry_exceptions=False
+        )(eval_shard_task)
         artifacts: dict[int, Any] = {}
         images: dict[str, Any] = {}
 
