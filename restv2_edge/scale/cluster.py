@@ -11,6 +11,7 @@ id, so a shard is never counted twice.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from restv2_edge.scale.address import LOCAL
 
 DEFAULT_RETRIES = 3
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: workers' output stays in the cluster's logs; the driver's console shows ray's warnings only
+QUIET = {"log_to_driver": False, "logging_level": logging.WARNING}
 
 
 class ClusterError(RestV2EdgeError):
@@ -48,9 +51,9 @@ def connected(address: str) -> Iterator[Any]:
         return
     try:
         if address == LOCAL:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address=LOCAL, include_dashboard=False, **QUIET)
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **QUIET)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ClusterError(f"cannot reach a Ray cluster at {address}: {first_line(exc)}") from None
     try:
