@@ -8,7 +8,8 @@ runner (fp16: the device's native half type, bf16 pinned) and compares the logit
 PyTorch model as the parity gate does (``restv2_edge.parity.compare``): the fixture on CIFAR-10
 test images (also top-1 against the labels), T on the shared ImageNet photos. ``ratio`` is the
 half-precision artifact's median latency over fp32's at batch 1, interleaved, for deciding only
-(not a benchmark where other work shares the cores). Records the CPU model and flags.
+(not a benchmark where other work shares the cores). The onnx fp16 artifact is measured the
+same way against onnx fp32 (``onnx_fp16``). Records the CPU model and flags.
 """
 
 from __future__ import annotations
@@ -94,6 +95,25 @@ def measure(model: Any, images: np.ndarray, labels: np.ndarray | None, work: Pat
     return rows
 
 
+def onnx_half(model: Any, images: np.ndarray, work: Path) -> dict:
+    """onnx fp16 against PyTorch, and its latency over the onnx fp32 artifact's."""
+    from restv2_edge.converters.base import ExportRequest
+
+    from restv2_edge.artifact import open_artifact
+    from restv2_edge.export import artifact_model, export_artifact
+    from restv2_edge.parity import compare, torch_logits
+
+    runners = {}
+    for precision in ("fp32", "fp16"):
+        out = work / f"onnx-{precision}"
+        export_artifact(model, "onnx", out, ExportRequest(precision=precision), verify=False)
+        runners[precision] = open_artifact(out)[1]
+    reference = torch_logits(artifact_model(model, "native", False), images)
+    row = compare(reference, runners["fp16"](images))
+    row["ratio_vs_fp32"] = _ratio(runners["fp16"], runners["fp32"], images[:1])
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar-images", type=int, default=500)
@@ -113,9 +133,11 @@ def main() -> None:
         tar = shared_data_root() / "cifar10" / "test.tar"
         images, labels = _labelled_images(tar, args.cifar_images, fixture.preprocessing)
         report["fixture_cifar10"] = measure(fixture, images, labels, work / "fixture")
+        report["fixture_cifar10"]["onnx_fp16"] = onnx_half(fixture, images, work / "fixture")
         t_model = _random_t(work)
         photos = load_inputs(t_model.preprocessing, default_photo_dir(), args.photos)
         report["random_t_photos"] = measure(t_model, photos.images, None, work / "t")
+        report["random_t_photos"]["onnx_fp16"] = onnx_half(t_model, photos.images, work / "t")
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
