@@ -234,7 +234,8 @@ def test_cli_refuses_bad_ray_options_at_parse_time(artifacts, cifar_test_tar, tm
                           "--resume needs --json")  # fmt: skip
     assert_one_line_error(run_cli(*base, "--retries", "2"), "--retries", "without --ray")
     assert_one_line_error(run_cli(*base, "--resume"), "nothing to resume")
-    assert not report.exists()
+    assert_one_line_error(run_cli(*base, "--device", "NPU"), "device NPU")
+    assert not report.exists() and not (tmp_path / "r.json.shards").exists()
 
 
 def test_tampered_shipped_artifact_is_refused_on_the_worker(artifacts, tmp_path, monkeypatch):
@@ -275,3 +276,12 @@ def test_bench_matrix_on_ray_gives_the_local_table(ray_head, tiny_checkpoint, ph
     assert remote["rows"][1]["status"] == "ok" and "median_ms" in remote["rows"][1]
     assert Path(remote["rows"][1]["artifact"]).parent == tmp_path / "ray"
     assert remote["settings"]["ray"]["ship"] == BYTES
+
+
+def test_nothing_imports_ray_without_the_ray_option():
+    code = ("import sys\n"
+            "import restv2_edge.cli, restv2_edge.bench.cli, restv2_edge.evaluate\n"
+            "import restv2_edge.scale.command, restv2_edge.scale.executor\n"
+            "assert 'ray' not in sys.modules, 'ray imported'\n")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -34,18 +34,25 @@ class ShardStore:
     def __init__(self, folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.fresh = True
+        self.opened = False
 
     def start(self, resume: bool) -> dict[str, dict[str, Any]]:
-        """Begin the run: with ``resume`` return the kept results (task id -> result),
-        else clear what an earlier run kept. Either way the fingerprint is recorded."""
-        kept: dict[str, dict[str, Any]] = {}
-        if resume:
-            kept = self.load()
-        elif self.folder.is_dir():
+        """Begin the run: with ``resume`` return the kept results (task id -> result). Nothing
+        is written or removed until the first shard is saved, so a run that fails before any
+        shard is done (a missing device, bad data) leaves the folder as it was."""
+        self.fresh = not resume
+        self.opened = False
+        return self.load() if resume else {}
+
+    def _open(self) -> None:
+        """At the first save: clear an earlier run's results (a fresh run), record the
+        fingerprint."""
+        if self.fresh and self.folder.is_dir():
             self.clear()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_report(self.folder / RUN_FILE, json.dumps(self.fingerprint, indent=2) + "\n")
-        return kept
+        self.opened = True
 
     def load(self) -> dict[str, dict[str, Any]]:
         run = self.folder / RUN_FILE
@@ -74,6 +81,8 @@ class ShardStore:
 
     def save(self, ident: str, result: dict[str, Any]) -> None:
         """Keep one finished shard (atomic: a temp file renamed into place)."""
+        if not self.opened:
+            self._open()
         write_report(self.folder / f"{ident}.json", json.dumps(result) + "\n")
 
     def clear(self) -> None:
