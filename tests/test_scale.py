@@ -155,12 +155,32 @@ def test_local_report_has_per_class_and_worst_classes(local_reports):
 
 
 def test_ray_eval_equals_local_eval(ray_head, artifacts, cifar_test_tar, local_reports):
-    pids = set()
+    from restv2_edge.scale.payload import BYTES, SHARED
+
+    pids: set[int] = set()
+    for ship in (BYTES, SHARED):  # the files through the object store, or only their paths
+        reports = evaluate_models(artifacts, cifar_test_tar, limit=LIMIT, batch_size=BATCH,
+                                  shard_size=SHARD, executor=ray_executor(ship=ship),
+                                  on_result=lambda ident, r: pids.add(r["pid"]))  # fmt: skip
+        assert same(reports, local_reports), ship
+    assert pids and os.getpid() not in pids  # computed by the workers, not by the driver
+
+
+def test_a_shard_reported_twice_counts_once(artifacts, cifar_test_tar, local_reports):
+    class Twice(LocalExecutor):
+        def run(self, plan, tasks, on_result):
+            def both(ident, result):
+                on_result(ident, result)
+                on_result(ident, dict(result, top5=[[0] * 5] * len(result["top5"])))
+
+            super().run(plan, tasks, both)
+
+    seen: list[str] = []
     reports = evaluate_models(artifacts, cifar_test_tar, limit=LIMIT, batch_size=BATCH,
-                              shard_size=SHARD, executor=ray_executor(),
-                              on_result=lambda ident, r: pids.add(r["pid"]))  # fmt: skip
+                              shard_size=SHARD, executor=Twice(threads=1),
+                              on_result=lambda ident, r: seen.append(ident))  # fmt: skip
+    assert len(seen) == len(set(seen)) == 2 * LIMIT // SHARD
     assert same(reports, local_reports)
-    assert os.getpid() not in pids  # computed by the workers, not by the driver
 
 
 def test_killed_worker_still_gives_the_complete_result(ray_head, artifacts, cifar_test_tar,
