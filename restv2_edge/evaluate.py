@@ -330,7 +330,9 @@ def model_class_names(plan: EvalPlan, index: int) -> list[str]:
         from restv2_edge.manifest import Manifest
 
         return Manifest.read(model).class_names(model)
-    return load_classifier(model).class_names
+    from restv2_edge.checkpoint import read_checkpoint
+
+    return read_checkpoint(model).class_names or load_classifier(model).class_names
 
 
 def per_class(
