@@ -255,6 +255,9 @@ def test_cli_refuses_bad_ray_options_at_parse_time(artifacts, cifar_test_tar, tm
     assert_one_line_error(run_cli(*base, "--retries", "2"), "--retries", "without --ray")
     assert_one_line_error(run_cli(*base, "--resume"), "nothing to resume")
     assert_one_line_error(run_cli(*base, "--device", "NPU"), "device NPU")
+    matrix = ("bench", "matrix", "--output", tmp_path / "m", "--json", report)
+    assert_one_line_error(run_cli(*matrix, "--ray", "head:0x10"), "ray address")
+    assert not (tmp_path / "m").exists()
     assert not report.exists() and not (tmp_path / "r.json.shards").exists()
 
 
