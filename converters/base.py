@@ -207,6 +207,9 @@ class Runner(abc.ABC):
     description: str = ""
     #: the device it runs on, as ``Converter.check_device`` names it
     device: str = CPU
+    #: the float type the runtime reports computing in (``fp32``, ``fp16``, ``bf16``) where it
+    #: may differ from the artifact's precision (an fp16 IR run at bf16); None: not reported
+    executes: str | None = None
 
     def __init__(self, batch_size: int, dynamic_batch: bool = False) -> None:
         self.batch_size = batch_size

@@ -53,6 +53,8 @@ MODEL_NAME = "restv2_edge"
 #: INFERENCE_PRECISION_HINT per artifact precision; None: none given, the device's default
 #: (its native half type: bf16 on AVX-512 BF16 / AMX CPUs). Measured gates: docs/precision.md.
 INFERENCE_PRECISION: dict[str, str | None] = {"fp32": "f32", "fp16": None, "bf16": "bf16"}
+#: OpenVINO's element type names -> the project's precision names (``Runner.executes``)
+EXECUTED_TYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 #: the CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it computes in bf16
 BF16_CAPABILITY = "BF16"
 _AUTO_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*_\d+$")
@@ -83,6 +85,7 @@ class OpenVinoRunner(Runner):
         self.compiled = core.compile_model(core.read_model(str(path)), device, self.config)
         self.request = self.compiled.create_infer_request()
         self.device = device
+        self.executes = EXECUTED_TYPE.get(_compiled_hint(self.compiled) or "")
         self.description = (
             f"OpenVINO {ov.__version__.split('-')[0]} ({_placement(self.compiled, device)})"
         )
@@ -153,7 +156,11 @@ def execution_precision(path: Path, hint: str | None, device: str = "CPU") -> st
 
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
-    compiled = core.compile_model(core.read_model(str(path)), device, config)
+    return _compiled_hint(core.compile_model(core.read_model(str(path)), device, config))
+
+
+def _compiled_hint(compiled: Any) -> str | None:
+    """A compiled model's INFERENCE_PRECISION_HINT; None where the device answers none."""
     try:
         return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     except RuntimeError:

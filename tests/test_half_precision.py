@@ -52,6 +52,21 @@ def test_fp16_runs_at_the_cpu_default_and_records_it(tiny_artifact) -> None:
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == native
     assert f"INFERENCE_PRECISION_HINT={native}" in manifest.parity["runner"]
     assert manifest.parity["status"] == "passed"
+    # judged by what it computed in: bf16's gate where it ran bf16, fp16's where it did not
+    gate = "bf16" if native == "bf16" else "fp16"
+    assert runner.executes == ("bf16" if native == "bf16" else "fp32")
+    assert manifest.parity["gate"] == gate
+    assert manifest.parity["thresholds"] == THRESHOLDS[gate]
+
+
+def test_true_fp16_keeps_the_tighter_gate(tiny_artifact) -> None:
+    """An fp16 artifact whose runtime reports no other type is judged by fp16's own gate,
+    which is stricter than bf16's."""
+    _, manifest = tiny_artifact("onnx", "fp16")
+    assert manifest.parity["gate"] == "fp16"
+    assert manifest.parity["thresholds"] == THRESHOLDS["fp16"]
+    assert THRESHOLDS["fp16"]["cosine_min"] > THRESHOLDS["bf16"]["cosine_min"]
+    assert THRESHOLDS["fp16"]["top1_agreement_clear"] > THRESHOLDS["bf16"]["top1_agreement_clear"]
 
 
 def test_an_fp16_artifact_recorded_with_the_f32_hint_still_runs_f32(tiny_artifact, tmp_path):
