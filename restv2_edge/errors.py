@@ -51,6 +51,10 @@ class RunnerUnavailableError(RestV2EdgeError):
     """The artifact is fine but cannot run on this machine (e.g. Core ML off macOS)."""
 
 
+class ClusterError(RestV2EdgeError):
+    """A Ray cluster that cannot be reached, or tasks that failed after their retries."""
+
+
 class ProfileError(RestV2EdgeError):
     """A runtime without a per-op profiler here, or a profile that could not be read."""
 

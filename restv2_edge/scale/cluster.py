@@ -17,17 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from restv2_edge.errors import BackendMissingError, RestV2EdgeError, first_line
+from restv2_edge.errors import BackendMissingError, ClusterError, RestV2EdgeError, first_line
 from restv2_edge.scale.address import LOCAL
 
 DEFAULT_RETRIES = 3
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: workers' output stays in the cluster's logs; the driver's console shows ray's warnings only
 QUIET = {"log_to_driver": False, "logging_level": logging.WARNING}
-
-
-class ClusterError(RestV2EdgeError):
-    """A Ray cluster that cannot be reached, or tasks that failed after their retries."""
 
 
 def import_ray() -> Any:
