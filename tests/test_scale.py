@@ -250,6 +250,9 @@ def test_cli_refuses_bad_ray_options_at_parse_time(artifacts, cifar_test_tar, tm
     base = ["eval", artifacts[0], "--data", cifar_test_tar, "--json", report]
     assert_one_line_error(run_cli(*base, "--ray", "10.0.0.1:99999"), "port")
     assert_one_line_error(run_cli(*base, "--ray", "not an address"), "ray address")
+    # a bare --ray before an artifact takes the path as its address: the line says so
+    ahead = ["eval", "--ray", artifacts[0], "--data", cifar_test_tar, "--json", report]
+    assert_one_line_error(run_cli(*ahead), "put --ray last")
     assert_one_line_error(run_cli("eval", artifacts[0], "--data", cifar_test_tar, "--resume"),
                           "--resume needs --json")  # fmt: skip
     assert_one_line_error(run_cli(*base, "--retries", "2"), "--retries", "without --ray")

@@ -8,6 +8,7 @@ GCS address and ``ray://HOST:PORT`` a Ray Client server.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,8 +25,9 @@ def check_address(text: str) -> str:
         return value.lower()
     match = _ADDRESS.fullmatch(value)
     if not match:
+        hint = "; put --ray last or give it a value (--ray auto)" if Path(value).exists() else ""
         raise ValueError(
-            f"{text!r} is not a Ray address (auto, local, HOST:PORT or ray://HOST:PORT)"
+            f"{text!r} is not a Ray address (auto, local, HOST:PORT or ray://HOST:PORT){hint}"
         )
     if not 1 <= int(match.group("port")) <= 65535:
         raise ValueError(f"{text!r}: port {match.group('port')} is not in 1..65535")
