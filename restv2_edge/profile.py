@@ -10,7 +10,6 @@ ratio. Eager PyTorch is profiled the same way with ``torch.profiler``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,8 @@ from restv2_edge.errors import DataError, ProfileError
 
 #: the sum of the per-op times must lie within this fraction of the end-to-end latency
 SUM_TOLERANCE = 0.30
+#: profile and normal-call rounds alternated (``profile_runner``)
+ROUNDS = 4
 
 
 def by_op_type(profile: OpProfile) -> list[dict[str, Any]]:
@@ -96,26 +97,48 @@ def summarize_profile(
     }
 
 
-def end_to_end(
-    call: Callable[[], Any], runs: int, warmup: int = 2, progress: Progress = lambda s: None
-) -> dict[str, Any]:
-    """Latency of normal calls, timed as every bench times (blocks after a settling call)."""
-    times = time_round_robin({"call": call}, warmup, runs, progress, BLOCK)
-    return {**summarize(times["call"], 1), "order": ORDER}
-
-
 def profile_runner(
-    runner: Any, x: np.ndarray, runs: int = 20, top: int = 10, progress: Progress = lambda s: None
+    runner: Any,
+    x: np.ndarray,
+    runs: int = 20,
+    top: int = 10,
+    progress: Progress = lambda s: None,
+    rounds: int = ROUNDS,
 ) -> dict[str, Any]:
-    """``runner.profile(x, runs)`` (ProfileError where its runtime has none), then the same
-    batch through normal calls for the end-to-end latency."""
-    progress("profile")
-    profile = runner.profile(x, runs)
-    progress("end-to-end")
-    latency = end_to_end(lambda: runner(x), runs, progress=progress)
-    report = summarize_profile(profile, latency, top)
+    """``runner.profile`` (ProfileError where its runtime has none) and normal calls of the
+    same batch, alternated in ``rounds`` so that a slow spell of the machine falls on both
+    sides alike; the per-node times are the mean over the rounds, the end-to-end latency the
+    median of every normal call."""
+    rounds = max(1, min(rounds, runs))
+    per_round = [runs // rounds + (1 if index < runs % rounds else 0) for index in range(rounds)]
+    profiles, seconds = [], []
+    for index, count in enumerate(per_round):
+        progress(f"profile, round {index + 1}/{rounds}")
+        profiles.append(runner.profile(x, count))
+        timed = time_round_robin({"call": lambda: runner(x)}, 2, count, progress, BLOCK)
+        seconds += timed["call"]
+    latency = {**summarize(seconds, 1), "order": f"{ORDER}, alternated with the profile"}
+    report = summarize_profile(merge_profiles(profiles), latency, top)
     report["runner"] = getattr(runner, "description", type(runner).__name__)
     return report
+
+
+def merge_profiles(profiles: list[OpProfile]) -> OpProfile:
+    """One profile from several of the same runner: each node's time weighted by its rounds'
+    runs (a node missing from a round counts 0 there); the first profile's notes."""
+    runs = sum(profile.runs for profile in profiles)
+    total: dict[str, float] = {}
+    first: dict[str, OpTime] = {}
+    for profile in profiles:
+        for op in profile.ops:
+            total[op.name] = total.get(op.name, 0.0) + op.ms * profile.runs
+            first.setdefault(op.name, op)
+    ops = tuple(
+        OpTime(name, first[name].op_type, ms / runs, first[name].delegated)
+        for name, ms in total.items()
+    )
+    notes = (*profiles[0].notes, f"{len(profiles)} profiled rounds alternated with normal calls")
+    return OpProfile(profiler=profiles[0].profiler, runs=runs, ops=ops, notes=notes)
 
 
 def profile_input(manifest: Any, data: Any = None) -> tuple[np.ndarray, str]:

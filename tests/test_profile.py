@@ -16,6 +16,7 @@ from restv2_edge.profile import (
     SUM_TOLERANCE,
     by_op_type,
     delegation,
+    merge_profiles,
     profile_runner,
     sum_check,
     top_ops,
@@ -78,12 +79,22 @@ def test_sum_check_flags_outside_the_tolerance() -> None:
     assert sum_check(12.9, 10.0)["within"]
 
 
+def test_rounds_merge_into_one_profile_weighted_by_their_runs() -> None:
+    first = OpProfile("p", 1, (OpTime("a", "Gemm", 4.0), OpTime("b", "Add", 1.0)), ("n",))
+    second = OpProfile("p", 3, (OpTime("a", "Gemm", 2.0),))
+    merged = merge_profiles([first, second])
+    assert merged.runs == 4 and merged.profiler == "p" and merged.notes[0] == "n"
+    times = {op.name: op.ms for op in merged.ops}
+    assert times["a"] == pytest.approx((4.0 + 3 * 2.0) / 4)
+    assert times["b"] == pytest.approx(1.0 / 4)  # absent from a round: 0 there
+
+
 def test_profile_runner_reports_the_profile_beside_normal_calls() -> None:
     runner = FakeRunner()
     x = np.zeros((1, 3, 8, 8), np.float32)
     report = profile_runner(runner, x, runs=3, top=2)
     assert runner.calls >= 3  # the end-to-end latency came from normal calls
-    assert report["profiler"] == "fake profiler" and report["notes"] == ["a note"]
+    assert report["profiler"] == "fake profiler" and report["notes"][0] == "a note"
     assert report["sum"]["sum_ms"] == pytest.approx(5.0)
     median = report["end_to_end"]["median_ms"]
     assert report["sum"]["ratio"] == pytest.approx(5.0 / median)
