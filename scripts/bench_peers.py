@@ -234,6 +234,11 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _digits(goal: dict[str, Any]) -> str:
+    """Cosines need six digits to be told from their 0.999 limit; ratios three."""
+    return ".6g" if "cosine" in goal["goal"] else ".3g"
+
+
 def row_cells(row: dict[str, Any], peers_of: dict[tuple[str, str], float]) -> list[str]:
     accuracy = row.get("accuracy") or {}
     if row["status"] != "ok":
@@ -316,7 +321,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|",
     ]
     for goal in report["goals"]:
-        cells = [goal["goal"], _fmt(goal["value"], ".3g"), f"{goal['limit']:g}"]
+        cells = [goal["goal"], _fmt(goal["value"], _digits(goal)), f"{goal['limit']:g}"]
         lines.append(_table_line([*cells, lib.margin_text(goal), goal["detail"]]))
     lines += [
         "",
@@ -363,8 +368,10 @@ def plot(report: dict[str, Any]) -> bytes:
             off_scale.append(f"{name} floor {floor['ms']:.1f} ms")
             continue
         ax.axhline(floor["ms"], linestyle=styles[name], color="tab:red", linewidth=1)
-        ax.annotate(f"{name} floor {floor['ms']:.1f}", (len(groups) - 0.5, floor["ms"]),
-                    ha="right", va="bottom", fontsize=7, color="tab:red")  # fmt: skip
+        # labelled outside the plot, right of it, where no bar can hide them
+        ax.annotate(f"{name} floor\n{floor['ms']:.1f} ms", (1.005, floor["ms"]),
+                    xycoords=("axes fraction", "data"), ha="left", va="center", fontsize=7,
+                    color="tab:red", annotation_clip=False)  # fmt: skip
     ax.set_ylim(0, top)
     ax.set_xticks(range(len(groups)), [f"{t}\n{c}" for t, c in groups], fontsize=8)
     ax.bar(0, 0, color="tab:blue", label="restv2-edge")
@@ -461,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write_outputs(args, report, command)
     for goal in report["goals"]:
-        print(f"{goal['goal']}: {_fmt(goal['value'], '.3g')} -> {lib.margin_text(goal)}")
+        print(f"{goal['goal']}: {_fmt(goal['value'], _digits(goal))} -> {lib.margin_text(goal)}")
     return 0
 
 

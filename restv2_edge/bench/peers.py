@@ -520,7 +520,12 @@ def margin_text(goal: dict[str, Any]) -> str:
     if goal["margin"] is None:
         return goal["status"]
     side = "above" if goal["margin"] > 0 else "below"
-    return f"{goal['status']} ({abs(goal['margin']):.1%} {side} the limit)"
+    margin = abs(goal["margin"])
+    return (
+        f"{goal['status']} ({margin:.1%} {side} the limit)"
+        if margin >= 0.01
+        else (f"{goal['status']} ({margin:.3%} {side} the limit)")
+    )
 
 
 # -- the whole run ----------------------------------------------------------------------------
