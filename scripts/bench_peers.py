@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from restv2_edge.bench import peers as lib  # noqa: E402
-from restv2_edge.errors import RestV2EdgeError  # noqa: E402
+from restv2_edge.errors import DataError, RestV2EdgeError, first_line  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks"
 PHASES = ("build", "time", "all")
@@ -130,6 +130,26 @@ def _classes(value: str) -> list[str]:
     return names
 
 
+def _process_lines(report: dict[str, Any]) -> list[str]:
+    """For a merged report: how many timing processes, their commands, and each process's
+    ratio per goal (the spread the median hides)."""
+    processes = report.get("processes")
+    if not processes:
+        return []
+    lines = [
+        f"- ms = the median over {len(processes)} separate timing processes (each its own "
+        "sessions); the timing commands:",
+        *(f"      {p['command']}" for p in processes if p.get("command")),
+        "- Each process's value per goal (merged value in the Goals table):",
+    ]
+    for goal in report["goals"]:
+        name = goal["goal"]
+        values = [g["value"] for p in processes for g in p["goals"] if g["goal"] == name]
+        shown = ", ".join(_fmt(v, _digits(goal)) for v in values)
+        lines.append(f"  - {goal['goal']}: {shown}")
+    return lines
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
@@ -150,6 +170,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--photo-data", type=Path, default=None, help="default: the shared ImageNet photos")
     add("--parity-limit", type=_count(1), default=8, help="photos of each export's own gate")
     add("--gemm-size", type=_count(64), default=1024)
+    add("--merge", type=_existing_file, nargs="+", default=None, metavar="JSON",
+        help="merge the peers.json of separate timing runs (median per row)")  # fmt: skip
     add("--json", type=_report, default=DOCS / "peers.json", help="or none")
     add("--markdown", type=_report, default=DOCS / "peers.md", help="or none")
     add("--plot", type=_report, default=DOCS / "peers.png", help="or none")
@@ -303,6 +325,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"- Load average when it ran: {', '.join(f'{v:.1f}' for v in machine['load_avg'] or [])}",
         f"- {s['threads']} threads, {s['warmup']} warm-up + {s['runs']} timed calls per row, "
         f"{s['order']}, every row and the floors' GEMMs in the same rounds; ms = median.",
+        *_process_lines(report),
         f"- Weights: {m['weights']['path']} ({m['weights']['sha256'][:19]}...); "
         f"{m['macs'] / 1e9:.2f} GMACs per image.",
         f"- Floors (2 x MACs / the peak GEMM rate measured in the same rounds): {floors}",
@@ -456,16 +479,28 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     return report
 
 
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """The reports of separate timing runs merged (``lib.merge_reports``)."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a peers report ({first_line(exc)})") from None
+    return lib.merge_reports(reports)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python scripts/bench_peers.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        report = run(args)
+        report = merged(args.merge) if args.merge else run(args)
     except RestV2EdgeError as exc:
         print(f"error: {lib.failure_line(exc)}", file=sys.stderr)
         return 1
     if report is None:
         return 0
+    report.setdefault("command", command)
     write_outputs(args, report, command)
     for goal in report["goals"]:
         print(f"{goal['goal']}: {_fmt(goal['value'], _digits(goal))} -> {lib.margin_text(goal)}")

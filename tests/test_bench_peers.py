@@ -21,6 +21,7 @@ from restv2_edge.converters.base import (
 )
 
 from restv2_edge.bench import peers as lib
+from restv2_edge.errors import DataError
 from restv2_edge.factory import create_model
 from restv2_edge.manifest import MANIFEST_NAME
 
@@ -102,6 +103,34 @@ def test_goals_are_judged_with_their_margins() -> None:
     assert found["project a/fp32 max |dlogit| <= 0.0001"]["status"] == "miss"
     assert found["project a/int8 cosine >= 0.999 per photo"]["status"] == "pass"
     assert "b fp32 <= 0.85x its peer" not in found  # b has no fp32 peer
+
+
+def test_separate_runs_merge_into_medians_and_keep_each_runs_goals() -> None:
+    def report(project_ms: float, peer_ms: float, rate: float) -> dict:
+        rows = [_row("project", "a", "fp32", project_ms), _row("peer", "a", "fp32", peer_ms)]
+        return {
+            "model": {"weights": {"sha256": "x"}, "macs": 10**9},
+            "settings": {"threads": 2},
+            "machine": {},
+            "peak_rates": {"fp32": rate, "int8": None},
+            "rows": rows,
+            "goals": lib.goals(rows),
+            "command": f"run {project_ms}",
+        }
+
+    runs = [report(8.0, 10.0, 1e11), report(9.0, 9.0, 3e11), report(5.0, 20.0, 2e11)]
+    merged = lib.merge_reports(runs)
+    project = next(row for row in merged["rows"] if row["side"] == "project")
+    assert project["ms"] == 8.0 and project["ms_runs"] == [8.0, 9.0, 5.0]
+    goal = next(g for g in merged["goals"] if g["goal"] == "a fp32 <= 0.85x its peer")
+    assert goal["value"] == pytest.approx(8.0 / 10.0)  # the medians' ratio
+    assert merged["peak_rates"] == {"fp32": 2e11, "int8": None}
+    assert merged["settings"]["processes"] == 3
+    assert [p["command"] for p in merged["processes"]] == ["run 8.0", "run 9.0", "run 5.0"]
+    other = report(8.0, 10.0, 1e11)
+    other["model"] = {"weights": {"sha256": "y"}, "macs": 10**9}
+    with pytest.raises(DataError, match="different weights"):
+        lib.merge_reports([report(8.0, 10.0, 1e11), other])
 
 
 @pytest.fixture(scope="module")

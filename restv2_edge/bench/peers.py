@@ -596,6 +596,44 @@ def measure(
     }
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several timing runs (separate processes) of one work folder as one report: each row's
+    ms the median of the runs' medians, the GEMM peaks likewise, the goals judged on those.
+    A runtime's session can settle into a slower state for its whole life (thread placement
+    on a shared VM), which interleaving within one process cannot even out; the runs' own
+    values stay in ``ms_runs`` and ``processes``."""
+    if not reports:
+        raise DataError("no report to merge")
+    first = reports[0]
+    weights = {r["model"]["weights"]["sha256"] for r in reports}
+    if len(weights) != 1:
+        raise DataError("the reports were measured on different weights")
+    by_key = [{row["key"]: row for row in r["rows"]} for r in reports]
+    rows = []
+    for row in first["rows"]:
+        values = [found[row["key"]].get("ms") for found in by_key if row["key"] in found]
+        merged = dict(row)
+        if all(value is not None for value in values) and len(values) == len(reports):
+            merged["ms_runs"] = values
+            merged["ms"] = float(np.median(values))
+        rows.append(merged)
+    rates = {}
+    for name in first["peak_rates"]:
+        values = [r["peak_rates"].get(name) for r in reports]
+        rates[name] = float(np.median(values)) if None not in values else None
+    processes = [{"command": r.get("command"), "goals": r["goals"]} for r in reports]
+    return {
+        **first,
+        "machine": first["machine"],
+        "settings": {**first["settings"], "processes": len(reports)},
+        "peak_rates": rates,
+        "floors": floors(first["model"]["macs"], rates),
+        "rows": rows,
+        "goals": goals(rows),
+        "processes": processes,
+    }
+
+
 def _stretch_hw(model: Any) -> tuple[int, int] | None:
     height, width = model.input_hw
     return None if height == width else (height, width)
