@@ -17,21 +17,11 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head listens on 127.0.0.1 only
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,52 +50,6 @@ def lscpu_model() -> str:
     return "unknown"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_head(cpus: int) -> tuple[subprocess.Popen, str, Path]:
-    """``ray start --head`` in its own process group on 127.0.0.1; (process, address, temp)."""
-    port, temp = free_port(), Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    command = [ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-               "--num-cpus", str(cpus), "--include-dashboard", "false",
-               "--disable-usage-stats", "--temp-dir", str(temp)]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
-    out, _ = proc.communicate(timeout=180)
-    if proc.returncode != 0:
-        raise SystemExit(f"ray start failed:\n{out[-2000:]}")
-    return proc, f"127.0.0.1:{port}", temp
-
-
-def stop_head(pgid: int) -> None:
-    """End the head's process group and the workers its raylet started (by pid)."""
-    import psutil
-
-    group = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                group.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    victims = set(group)
-    for proc in group:
-        try:
-            victims.update(proc.children(recursive=True))
-        except psutil.Error:
-            continue
-    for proc in victims:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
-    psutil.wait_procs(list(victims), timeout=10)
-
-
 def one_run(plan: Any, executor: Any) -> float:
     """Images per second of one full run of ``plan`` (every shard computed)."""
     from restv2_edge.evaluate import run_plan
@@ -117,7 +61,9 @@ def one_run(plan: Any, executor: Any) -> float:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.update(RAY_ENV)  # before ray is imported
+    from restv2_edge.scale.head import LOOPBACK_ENV, start_head
+
+    os.environ.update(LOOPBACK_ENV)  # before ray is imported
     import ray
 
     from restv2_edge.bench.machine import package_versions
@@ -127,9 +73,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cpus = max(args.workers)
     plan = plan_eval(args.artifacts, args.data, args.split, args.limit, args.batch_size,
                      args.shard_size)  # fmt: skip
-    proc, address, temp = start_head(cpus)
+    head = start_head(cpus)
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=head.address, log_to_driver=False)
         configs: dict[str, Any] = {"local, 1 thread": LocalExecutor(threads=1)}
         for n in args.workers:
             configs[f"ray, {n} worker{'s' if n > 1 else ''}"] = RayEvalExecutor(
@@ -143,8 +89,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 rates[name].append(one_run(plan, executor))
     finally:
         ray.shutdown()
-        stop_head(proc.pid)
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
     return {
         "cpu": lscpu_model(),
         "cores": os.cpu_count(),

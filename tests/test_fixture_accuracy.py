@@ -15,8 +15,8 @@ from restv2_edge.manifest import Manifest
 LIMITS = {"coreml": 1000}
 #: targets whose fixture checks are cheap enough for the default run (a test-cost choice, not a
 #: capability: every registered target is checked, the others under the slow marker)
-DEFAULT_RUN = {"fp32": {"onnx", "openvino", "executorch", "coreml"}, "int8": {"onnx", "openvino"},
-               "max_drop": {"onnx", "openvino"}}  # fmt: skip
+DEFAULT_RUN = {"fp32": {"onnx", "openvino", "coreml"}, "int8": {"onnx", "openvino"},
+               "max_drop": {"onnx"}}  # fmt: skip
 
 
 def every(targets: list[str], check: str) -> list:

@@ -9,59 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import _missing, assert_one_line_error, run_cli
 
-from restv2_edge.errors import ArtifactError, OutputError
+from restv2_edge.errors import ArtifactError, ClusterError, OutputError
 from restv2_edge.evaluate import LocalExecutor, evaluate_models, plan_eval, run_plan
+from restv2_edge.scale.head import LOOPBACK_ENV, start_head
 from restv2_edge.scale.shards import make_shards
 
 LIMIT, SHARD, BATCH = 96, 16, 8  # 6 shards per artifact
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # bind the head to 127.0.0.1 only
-    "RAY_DEDUP_LOGS": "0",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def end_group(pgid: int) -> None:
-    """Kill the head's processes (one process group) and the workers they started."""
-    import psutil
-
-    group = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                group.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    victims = set(group)
-    for proc in group:
-        try:
-            victims.update(proc.children(recursive=True))
-        except psutil.Error:
-            continue
-    for proc in victims:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
-    psutil.wait_procs(list(victims), timeout=10)
+RAY_ENV = {**LOOPBACK_ENV, "RAY_DEDUP_LOGS": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +36,21 @@ def ray_head():
         import ray
     except ImportError:
         _missing("ray is not installed (pip install 'restv2-edge[ray]')")
-    port = free_port()
-    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: unix socket paths
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head",
-               "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-               "--include-dashboard", "false", "--disable-usage-stats",
-               "--temp-dir", str(temp)]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
     try:
-        out, _ = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(out[-2000:])
-        address = f"127.0.0.1:{port}"
-        ray.init(address=address, log_to_driver=False)
+        head = start_head(2, timeout=120)
+    except ClusterError as exc:
+        _missing(f"a local Ray head could not start: {exc}")
+    try:
+        ray.init(address=head.address, log_to_driver=False)
         nodes = ray.nodes()
         assert [node["NodeManagerAddress"] for node in nodes] == ["127.0.0.1"], nodes
     except Exception as exc:
-        end_group(proc.pid)
-        _missing(f"a local Ray head could not start: {exc}")
+        head.stop()
+        _missing(f"the local Ray head could not be joined: {exc}")
+    address = head.address
     yield address
     ray.shutdown()
-    end_group(proc.pid)
-    shutil.rmtree(temp, ignore_errors=True)
+    head.stop()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
