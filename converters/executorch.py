@@ -11,6 +11,9 @@ The export records the delegation in ``ExportResult.info["delegation"]`` and ref
 (ExportError) a program whose compute-heavy ops (conv, linear, matmul, softmax, norms...)
 are not all inside the delegate: those would run on slow portable kernels.
 
+One module for the one target (a little over 600 lines): export, runner, its ETDump profile
+and its two peer pipelines all speak the same lowering and runtime calls.
+
 fp16 is not offered: see docs/graph-forms.md. The batch is static (``--batch N``); the
 program is not exported with a symbolic batch.
 

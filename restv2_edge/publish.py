@@ -78,6 +78,20 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def optional_report_arg(value: str) -> Path | None:
+    """An argparse type for a script's report option: a checked report path, or ``none``."""
+    import argparse
+
+    from restv2_edge.errors import RestV2EdgeError
+
+    if value.lower() == "none":
+        return None
+    try:
+        return check_report_path(value)
+    except RestV2EdgeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def write_report(path: str | os.PathLike[str], text: str) -> Path:
     """Write a report file atomically (temp file, then rename); reports are always replaced."""
     path = check_report_path(path)

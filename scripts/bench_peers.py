@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from restv2_edge.bench import peers as lib  # noqa: E402
 from restv2_edge.errors import DataError, RestV2EdgeError, first_line  # noqa: E402
+from restv2_edge.publish import optional_report_arg  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks"
 PHASES = ("build", "time", "all")
@@ -79,17 +80,6 @@ def _existing_file(value: str) -> Path:
     if not Path(value).is_file():
         raise argparse.ArgumentTypeError(f"{value} is not a file")
     return Path(value)
-
-
-def _report(value: str) -> Path | None:
-    from restv2_edge.publish import check_report_path
-
-    if value.lower() == "none":
-        return None
-    try:
-        return check_report_path(value)
-    except RestV2EdgeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _work(value: str) -> Path:
@@ -172,9 +162,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--gemm-size", type=_count(64), default=1024)
     add("--merge", type=_existing_file, nargs="+", default=None, metavar="JSON",
         help="merge the peers.json of separate timing runs (median per row)")  # fmt: skip
-    add("--json", type=_report, default=DOCS / "peers.json", help="or none")
-    add("--markdown", type=_report, default=DOCS / "peers.md", help="or none")
-    add("--plot", type=_report, default=DOCS / "peers.png", help="or none")
+    add("--json", type=optional_report_arg, default=DOCS / "peers.json", help="or none")
+    add("--markdown", type=optional_report_arg, default=DOCS / "peers.md", help="or none")
+    add("--plot", type=optional_report_arg, default=DOCS / "peers.png", help="or none")
     args = parser.parse_args(argv)
     if args.plot is not None:
         from restv2_edge.bench.report import check_matplotlib

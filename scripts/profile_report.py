@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from restv2_edge.bench import peers  # noqa: E402
 from restv2_edge.errors import RestV2EdgeError  # noqa: E402
+from restv2_edge.publish import optional_report_arg  # noqa: E402
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -53,17 +54,6 @@ def _work(value: str) -> Path:
     return path
 
 
-def _report(value: str) -> Path | None:
-    from restv2_edge.publish import check_report_path
-
-    if value.lower() == "none":
-        return None
-    try:
-        return check_report_path(value)
-    except RestV2EdgeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
@@ -72,8 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--top", type=_count, default=10)
     add("--threads", type=_count, default=None)
     add("--no-eager", action="store_true", help="skip the eager PyTorch profile")
-    add("--markdown", type=_report, default=ROOT / "docs" / "benchmarks" / "profile-T.md")
-    add("--json", type=_report, default=None, help="also the reports as JSON")
+    report = optional_report_arg
+    add("--markdown", type=report, default=ROOT / "docs" / "benchmarks" / "profile-T.md")
+    add("--json", type=report, default=None, help="also the reports as JSON")
     return parser.parse_args(argv)
 
 
