@@ -189,7 +189,19 @@ def _placement(compiled: Any, device: str) -> str:
     return where + (f", INFERENCE_PRECISION_HINT={hint}" if hint else "")
 
 
+#: precisions that run at the CPU's half type, where the V upsampling is a depthwise conv
+HALF_PRECISIONS = ("fp16", "bf16")
+
+
 class OpenVinoConverter(Converter):
+    def graph_form_for(self, request: ExportRequest) -> str:
+        """``native-depthwise`` for fp16/bf16: the CPU plugin runs the grouped upsampling conv
+        in bf16 through a generic kernel, 3x its f32 time, and a depthwise one through its
+        fast depthwise kernel (docs/graph-forms.md); fp32 and int8 measured no better."""
+        if request.precision in HALF_PRECISIONS:
+            return "native-depthwise"
+        return self.graph_form
+
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:

@@ -46,6 +46,8 @@ LN_EPS = 1e-6
 class GraphForm(str, enum.Enum):
     NATIVE = "native"
     DECOMPOSED = "decomposed"
+    #: native, but the V upsampling repeats each channel r*r times and convolves depthwise
+    NATIVE_DEPTHWISE = "native-depthwise"
 
 
 class LayerNorm(nn.LayerNorm):
@@ -58,7 +60,7 @@ class LayerNorm(nn.LayerNorm):
             self.register_buffer("mean_row", torch.full((1, dim), 1.0 / dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.form is GraphForm.NATIVE:
+        if self.form is not GraphForm.DECOMPOSED:
             return super().forward(x)
         centered = x - F.linear(x, self.mean_row)
         variance = F.linear(centered * centered, self.mean_row)
@@ -122,8 +124,11 @@ class Attention(nn.Module):
         up_channels = sr_ratio * sr_ratio * dim
         # Decomposed form: input repeated r*r times, one filter per output channel, channels
         # in (i, j, c) order -- same weight shape, rows permuted (checkpoint.py maps them).
-        up_in = dim if form is GraphForm.NATIVE else up_channels
+        up_in = up_channels if form is GraphForm.DECOMPOSED else dim
         self.up = nn.Conv2d(up_in, up_channels, 3, padding=1, groups=up_in)
+        if form is GraphForm.NATIVE_DEPTHWISE:
+            ones = torch.ones(1, 1, sr_ratio * sr_ratio, 1)
+            self.register_buffer("repeat_ones", ones, persistent=False)
         self.up_norm = LayerNorm(dim, form)
         self.proj = nn.Linear(dim, dim)
 
@@ -134,10 +139,10 @@ class Attention(nn.Module):
             x = self.sr_norm(x)
         k = self.k(x)
         v = self.v(x)
-        if self.form is GraphForm.NATIVE:
-            out = self._attend_4d(q, k, v)
-        else:
+        if self.form is GraphForm.DECOMPOSED:
             out = self._attend_3d(q, k, v)
+        else:
+            out = self._attend_4d(q, k, v)
         identity = self._upsample(tokens_to_map(v, self.reduced_grid))
         return self.proj(out + self.up_norm(identity))
 
@@ -168,6 +173,19 @@ class Attention(nn.Module):
             return map_to_tokens(self.up(v_map))
         if self.form is GraphForm.NATIVE:
             return map_to_tokens(F.pixel_shuffle(self.up(v_map), r))
+        if self.form is GraphForm.NATIVE_DEPTHWISE:
+            # Channel c repeated r*r times (a broadcast multiply by ones: exact, and no Expand
+            # or Tile op) becomes channels c*r*r..c*r*r+r*r-1, what the grouped conv's filters
+            # for c read; the same filters then run as a depthwise conv (multiplier 1).
+            repeated = (v_map.flatten(2).unsqueeze(2) * self.repeat_ones).flatten(1, 2)
+            y = F.conv2d(
+                repeated.unflatten(2, self.reduced_grid),
+                self.up.weight,
+                self.up.bias,
+                padding=1,
+                groups=self.up.out_channels,
+            )
+            return map_to_tokens(F.pixel_shuffle(y, r))
         # Rank-4 pixel shuffle. Channels are (i, j, c); target token order (hh, i, ww, j) x c.
         h, w = self.reduced_grid
         dim = self.dim
@@ -373,7 +391,7 @@ class ResTV2(nn.Module):
         if self.head_type == "features":
             return self.forward_maps(x)
         x = self.forward_features(x)
-        if self.form is GraphForm.NATIVE:
+        if self.form is not GraphForm.DECOMPOSED:
             pooled = x.mean(dim=1)
         else:
             pooled = F.linear(x.transpose(1, 2), self.pool_row).flatten(1)

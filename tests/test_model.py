@@ -11,10 +11,10 @@ from reference_restv2 import randomize_, reference_model
 from restv2_edge.checkpoint import load_official_into, official_state_dict
 from restv2_edge.data import open_unlabelled
 from restv2_edge.factory import create_model, with_form
-from restv2_edge.model import RawInput, fold_attention_scale
+from restv2_edge.model import GraphForm, RawInput, fold_attention_scale
 from restv2_edge.preprocess import Preprocessing, preprocess_image, resize_and_crop
 
-FORMS = ["native", "decomposed"]
+FORMS = [form.value for form in GraphForm]
 
 
 def photos(folder, size: int, count: int) -> torch.Tensor:
@@ -100,7 +100,7 @@ def test_exported_graph_is_static_and_rank4(form):
     """torch.export graph: every tensor rank <= 4, every shape a constant, no sym_size.
 
     The decomposed form stays rank <= 4 even after core-ATen decomposition (what ExecuTorch
-    lowers). The native form keeps ``aten.pixel_shuffle`` as one op for the targets' native
+    lowers). The native forms keep ``aten.pixel_shuffle`` as one op for the targets' native
     depth-to-space; only its core-ATen decomposition would introduce 6-D views.
     """
     model = create_model("T", 224, form=form)
@@ -114,7 +114,7 @@ def test_exported_graph_is_static_and_rank4(form):
             assert all(isinstance(d, int) for d in shape), f"{node.name} has symbolic {shape}"
         targets = [str(node.target) for node in graph.graph.nodes]
         assert not any("sym_size" in t for t in targets)
-        assert any("pixel_shuffle" in t for t in targets) == (form == "native")
+        assert any("pixel_shuffle" in t for t in targets) == (form != "decomposed")
 
 
 def test_no_reshape_depends_on_input_batch():

@@ -1,0 +1,162 @@
+"""The V upsampling written two ways, per target and precision, timed interleaved.
+
+``native`` runs the upsampling conv as the official grouped conv (each of C groups makes r*r
+channels, then depth-to-space); ``native-depthwise`` first repeats every channel r*r times
+(a broadcast multiply by ones) and runs the same filters as a depthwise conv, multiplier 1
+(``restv2_edge.model.GraphForm``). Same weights, same function; every artifact comes from the
+export pipeline (``export_artifact``, parity gate on photos included) with only the graph
+form forced, and all of them run through the project's runners in one process, round-robin
+(``restv2_edge.bench.timing``). Reported: each form's median and the per-round ratio
+depthwise / native (median over rounds, so a machine drifting in speed cancels out).
+
+    python scripts/compare_upsampling.py --targets openvino --precisions fp32,fp16,int8 \\
+        --work /tmp/upsampling --markdown docs/benchmarks/upsampling.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from reference_restv2 import randomize_, reference_model  # noqa: E402
+from restv2_edge.artifact import open_artifact  # noqa: E402
+from restv2_edge.bench.machine import describe_machine, machine_info  # noqa: E402
+from restv2_edge.bench.peers import calibration_set  # noqa: E402
+from restv2_edge.bench.timing import BLOCK, summarize, time_round_robin  # noqa: E402
+from restv2_edge.calibration.recipes import supported_precisions  # noqa: E402
+from restv2_edge.checkpoint import load_official_into  # noqa: E402
+from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
+from restv2_edge.export import export_artifact  # noqa: E402
+from restv2_edge.factory import create_model  # noqa: E402
+
+FORMS = ("native", "native-depthwise")
+
+
+def build_model(variant: str, size: int, seed: int) -> Any:
+    """The project model carrying randomized official-layout weights."""
+    reference = randomize_(reference_model(variant), seed)
+    model = create_model(variant, size)
+    load_official_into(model, reference.state_dict())
+    return model.eval()
+
+
+def export_in_form(
+    model: Any, target: str, precision: str, form: str, folder: Path, calibration: Any
+) -> dict[str, Any]:
+    """``export_artifact`` with the converter's graph form set to ``form``; the parity line."""
+    converter = get_converter(target)
+    chosen = converter.graph_form_for
+    converter.graph_form_for = lambda request: form  # type: ignore[method-assign]
+    try:
+        request = ExportRequest(precision=precision)
+        if precision == "int8":
+            request.calibration = calibration()
+            request.quantization = {}
+        _, manifest = export_artifact(model, target, folder, request, force=True)
+    finally:
+        converter.graph_form_for = chosen  # type: ignore[method-assign]
+    parity = manifest.parity or {}
+    return {"graph_form": manifest.graph_form, "parity": parity.get("status")}
+
+
+def per_round_ratio(times: dict[str, list[float]], a: str, b: str, block: int) -> float:
+    """Median over rounds of (median of b's calls) / (median of a's calls) in that round."""
+    rounds = len(times[a]) // block
+    ratios = []
+    for r in range(rounds):
+        part = slice(r * block, (r + 1) * block)
+        ratios.append(statistics.median(times[b][part]) / statistics.median(times[a][part]))
+    return statistics.median(ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="T")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--targets", default="openvino,onnx")
+    parser.add_argument("--precisions", default="fp32,fp16,int8")
+    parser.add_argument("--work", type=Path, required=True, help="artifact folder (reused)")
+    parser.add_argument("--runs", type=int, default=40, help="timed calls per artifact")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rebuild", action="store_true", help="export again")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+
+    model = build_model(args.variant, args.image_size, args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    progress = lambda step: print(step, file=sys.stderr, flush=True)  # noqa: E731
+    calibration = lambda: calibration_set(args.work, model, None, 64, progress)  # noqa: E731
+    pairs = [
+        (target, precision)
+        for target in args.targets.split(",")
+        for precision in args.precisions.split(",")
+        if precision in supported_precisions(target)
+    ]
+    builds: dict[str, Any] = {}
+    calls = {}
+    example = np.random.default_rng(0).standard_normal((1, 3, args.image_size, args.image_size))
+    example = example.astype(np.float32)
+    for target, precision in pairs:
+        for form in FORMS:
+            key = f"{target}/{precision}/{form}"
+            folder = args.work / key.replace("/", "-")
+            if args.rebuild or not (folder / "manifest.json").is_file():
+                progress(f"export {key}")
+                export_in_form(model, target, precision, form, folder, calibration)
+            manifest, runner = open_artifact(folder, threads=args.threads)
+            builds[key] = {"graph_form": manifest.graph_form, **(manifest.parity or {})}
+            calls[key] = lambda runner=runner: runner.run_batch(example)
+    progress("timing")
+    times = time_round_robin(calls, warmup=3, runs=args.runs, progress=lambda s: None, block=BLOCK)
+    rows = []
+    for target, precision in pairs:
+        native, depthwise = (f"{target}/{precision}/{form}" for form in FORMS)
+        rows.append(
+            {
+                "target": target,
+                "precision": precision,
+                "native_ms": summarize(times[native], 1)["median_ms"],
+                "depthwise_ms": summarize(times[depthwise], 1)["median_ms"],
+                "ratio": per_round_ratio(times, native, depthwise, BLOCK),
+                "parity": [builds[native].get("status"), builds[depthwise].get("status")],
+            }
+        )
+    machine = machine_info()
+    record = {"machine": machine, "variant": args.variant, "image_size": args.image_size,
+              "threads": args.threads, "runs": args.runs, "rows": rows}  # fmt: skip
+    lines = [
+        f"Machine: {describe_machine(machine)}; load average {machine['load_avg']}; "
+        f"ResTv2-{args.variant}@{args.image_size}, batch 1, {args.threads} threads, "
+        f"{args.runs} timed calls per artifact in blocks of {BLOCK}.",
+        "",
+        "| target | precision | native ms | native-depthwise ms | depthwise / native "
+        "(per-round median) | parity (native, depthwise) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['target']} | {row['precision']} | {row['native_ms']:.2f} | "
+            f"{row['depthwise_ms']:.2f} | {row['ratio']:.3f} | {', '.join(map(str, row['parity']))} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2))
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
