@@ -27,16 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from reference_restv2 import randomize_, reference_model  # noqa: E402
-from restv2_edge.artifact import open_artifact  # noqa: E402
-from restv2_edge.bench.machine import describe_machine, machine_info  # noqa: E402
-from restv2_edge.bench.peers import calibration_set  # noqa: E402
-from restv2_edge.bench.timing import BLOCK, summarize, time_round_robin  # noqa: E402
-from restv2_edge.calibration.recipes import supported_precisions  # noqa: E402
-from restv2_edge.checkpoint import load_official_into  # noqa: E402
-from restv2_edge.converters.base import ExportRequest, get_converter  # noqa: E402
-from restv2_edge.export import export_artifact  # noqa: E402
-from restv2_edge.factory import create_model  # noqa: E402
+from reference_restv2 import randomize_, reference_model
+from restv2_edge.calibration.recipes import supported_precisions
+from restv2_edge.converters.base import ExportRequest, get_converter
+
+from restv2_edge.artifact import open_artifact
+from restv2_edge.bench.machine import describe_machine, machine_info
+from restv2_edge.bench.peers import calibration_set
+from restv2_edge.bench.timing import BLOCK, summarize, time_round_robin
+from restv2_edge.checkpoint import load_official_into
+from restv2_edge.export import export_artifact
+from restv2_edge.factory import create_model
 
 FORMS = ("native", "native-depthwise")
 
@@ -145,9 +146,10 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
+        parity = ", ".join(map(str, row["parity"]))
         lines.append(
             f"| {row['target']} | {row['precision']} | {row['native_ms']:.2f} | "
-            f"{row['depthwise_ms']:.2f} | {row['ratio']:.3f} | {', '.join(map(str, row['parity']))} |"
+            f"{row['depthwise_ms']:.2f} | {row['ratio']:.3f} | {parity} |"
         )
     text = "\n".join(lines)
     print(text)

@@ -177,7 +177,8 @@ def test_manifest_contract(tiny_artifact, photo_dir: Path, target: str, precisio
     assert {key: manifest.config[key] for key in TINY_CONFIG} == TINY_CONFIG
     assert manifest.variant is None  # a custom config, not a published variant
     assert manifest.labels == CIFAR10_CLASSES
-    assert manifest.graph_form == descriptor.converter.graph_form_for(ExportRequest(precision=precision))
+    chosen_form = descriptor.converter.graph_form_for(ExportRequest(precision=precision))
+    assert manifest.graph_form == chosen_form
     assert manifest.quantization is None
 
     # input and output: static, float32, NCHW, the checkpoint's preprocessing
