@@ -16,13 +16,16 @@ the official detection/segmentation backbone (``object_detection/restv2/restv2.p
 through its own channels-first LayerNorm (docs/backbone.md). The input size is one side or
 (height, width), each a multiple of 32.
 
-One set of weights, two graph forms (``GraphForm``), chosen per target by measurement
+One set of weights, three graph forms (``GraphForm``), chosen per target by measurement
 (docs/graph-forms.md):
 - ``native``: native LayerNorm, 4-D multi-head matmuls, native pixel shuffle (depth-to-space).
 - ``decomposed``: everything as linear/bmm/conv so that one XNNPACK delegate takes the whole
   graph: LayerNorm statistics as ``F.linear`` by a constant 1/C row, per-head 3-D matmuls,
   a rank-4 pixel shuffle (conv weights stored in (i, j, c) channel order), mean pooling as a
   linear.
+- ``native-depthwise``: native, except that the V upsampling repeats each channel r*r times
+  and runs the same filters as a depthwise conv (a runtime's depthwise kernel instead of its
+  grouped one; same weights and checkpoint layout as native).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ form forced, and all of them run through the project's runners in one process, r
 (``restv2_edge.bench.timing``). Reported: each form's median and the per-round ratio
 depthwise / native (median over rounds, so a machine drifting in speed cancels out).
 
-    python scripts/compare_upsampling.py --targets openvino --precisions fp32,fp16,int8 \\
-        --work /tmp/upsampling --markdown docs/benchmarks/upsampling.md
+    python scripts/compare_upsampling.py --work /tmp/upsampling --runs 60 \\
+        --pairs openvino/fp32,openvino/fp16,openvino/bf16,openvino/int8,onnx/fp32 \\
+        --markdown docs/benchmarks/upsampling.md
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--targets", default="openvino,onnx")
     parser.add_argument("--precisions", default="fp32,fp16,int8")
+    parser.add_argument("--pairs", help="TARGET/PRECISION,... instead of targets x precisions")
     parser.add_argument("--work", type=Path, required=True, help="artifact folder (reused)")
     parser.add_argument("--runs", type=int, default=40, help="timed calls per artifact")
     parser.add_argument("--threads", type=int, default=2)
@@ -104,6 +106,8 @@ def main() -> None:
         for precision in args.precisions.split(",")
         if precision in supported_precisions(target)
     ]
+    if args.pairs:
+        pairs = [tuple(pair.split("/", 1)) for pair in args.pairs.split(",")]
     builds: dict[str, Any] = {}
     calls = {}
     example = np.random.default_rng(0).standard_normal((1, 3, args.image_size, args.image_size))
@@ -136,8 +140,9 @@ def main() -> None:
     machine = machine_info()
     record = {"machine": machine, "variant": args.variant, "image_size": args.image_size,
               "threads": args.threads, "runs": args.runs, "rows": rows}  # fmt: skip
+    load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
     lines = [
-        f"Machine: {describe_machine(machine)}; load average {machine['load_avg']}; "
+        f"Machine: {describe_machine(machine)}; load average {load}; "
         f"ResTv2-{args.variant}@{args.image_size}, batch 1, {args.threads} threads, "
         f"{args.runs} timed calls per artifact in blocks of {BLOCK}.",
         "",

@@ -456,9 +456,9 @@ def measure(
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Several timing runs (separate processes) of one work folder as one report: each row's
     ms the median of the runs' medians, the GEMM peaks likewise, the goals judged on those.
-    A runtime's session can settle into a slower state for its whole life (thread placement
-    on a shared VM), which interleaving within one process cannot even out; the runs' own
-    values stay in ``ms_runs`` and ``processes``."""
+    The machine's speed drifts over tens of seconds (docs/graph-forms.md), so one run's
+    ratios can differ from the next's; the runs' own values stay in ``ms_runs`` and
+    ``processes``."""
     if not reports:
         raise DataError("no report to merge")
     first = reports[0]

@@ -1,0 +1,340 @@
+"""Runtime options and graph ideas tried against the T@224 artifacts, each a subcommand.
+
+Every number under "Tried and dropped" in docs/graph-forms.md comes from one of these. They
+take the artifacts of a peers work folder (``scripts/bench_peers.py --work W --phase build``)
+and time through onnxruntime / OpenVINO directly, round-robin in one process
+(``restv2_edge.bench.timing``; blocks of 5 after a settling call), except where a setting
+only exists per process (``hugepages``), which alternates fresh processes.
+
+    A=W/artifacts
+    python scripts/runtime_ideas.py drift $A/onnx-fp32/model.onnx
+    python scripts/runtime_ideas.py ort-options $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
+    python scripts/runtime_ideas.py ov-options $A/openvino-fp32/model.xml $A/openvino-fp16/model.xml
+    python scripts/runtime_ideas.py ov-precision-marks $A/openvino-fp16/model.xml
+    python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
+    python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
+        --calibration W/calibration/inputs.npy
+    python scripts/runtime_ideas.py conv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from restv2_edge.bench.machine import describe_machine, machine_info
+from restv2_edge.bench.timing import BLOCK, summarize, time_round_robin
+
+THREADS = 2
+SIZE = 224
+
+
+def example(channels: int = 3, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((1, channels, size, size)).astype(np.float32)
+
+
+def report(calls: dict[str, Callable[[], Any]], runs: int, baseline: str | None = None) -> None:
+    """Time ``calls`` interleaved; medians, and each one's per-round ratio to ``baseline``."""
+    times = time_round_robin(calls, warmup=3, runs=runs, progress=lambda s: None, block=BLOCK)
+    base = baseline or next(iter(calls))
+    for name, seconds in times.items():
+        stats = summarize(seconds, 1)
+        rounds = [
+            statistics.median(seconds[i : i + BLOCK])
+            / statistics.median(times[base][i : i + BLOCK])
+            for i in range(0, len(seconds) - BLOCK + 1, BLOCK)
+        ]
+        print(
+            f"{name:34s} median {stats['median_ms']:7.2f} ms  min {stats['min_ms']:7.2f} ms  "
+            f"/ {base}: {statistics.median(rounds):.3f} (per-round median)"
+        )
+
+
+def ort_session(path: str, entries: dict[str, str] | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    for key, value in (entries or {}).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_call(session: Any, x: np.ndarray) -> Callable[[], Any]:
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
+def ov_call(model: Any, config: dict[str, Any], x: np.ndarray) -> Callable[[], Any]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **config})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+# -- subcommands -----------------------------------------------------------------------------
+
+
+def drift(args: argparse.Namespace) -> None:
+    """Two sessions of one model, alternating blocks of 10 calls: if they move together the
+    machine's speed is what changes, not a session's state."""
+    x = example()
+    sessions = [ort_session(args.model), ort_session(args.model)]
+    for session in sessions:
+        for _ in range(3):
+            session.run(None, {"input": x})
+    for block in range(args.blocks):
+        row = []
+        for session in sessions:
+            seconds = []
+            for _ in range(10):
+                start = time.perf_counter()
+                session.run(None, {"input": x})
+                seconds.append(time.perf_counter() - start)
+            row.append(round(statistics.median(seconds) * 1e3, 1))
+        print(f"block {block}: session A {row[0]} ms, session B {row[1]} ms")
+
+
+def ort_options(args: argparse.Namespace) -> None:
+    """onnxruntime session options, each on the fp32 and the int8 graph."""
+    x = example()
+    options = {
+        "default": {},
+        "allow_spinning=0": {"session.intra_op.allow_spinning": "0"},
+        "dynamic_block_base=4": {"session.dynamic_block_base": "4"},
+    }
+    for path in args.models:
+        print(Path(path).parent.name)
+        report({k: ort_call(ort_session(path, v), x) for k, v in options.items()}, args.runs)
+
+
+def ov_options(args: argparse.Namespace) -> None:
+    """OpenVINO CPU properties on each IR (fp32 IRs pinned to f32, the others at default)."""
+    import openvino as ov
+
+    x = example()
+    for path in args.models:
+        hint = {"INFERENCE_PRECISION_HINT": "f32"} if "fp32" in path else {}
+        variants = {
+            "default": hint,
+            "PERFORMANCE_HINT=LATENCY": {**hint, "PERFORMANCE_HINT": "LATENCY"},
+            "ENABLE_CPU_PINNING=True": {**hint, "ENABLE_CPU_PINNING": True},
+            "ENABLE_CPU_PINNING=False": {**hint, "ENABLE_CPU_PINNING": False},
+        }
+        print(Path(path).parent.name)
+        model = ov.Core().read_model(path)
+        report({k: ov_call(model, v, x) for k, v in variants.items()}, args.runs)
+
+
+def ov_precision_marks(args: argparse.Namespace) -> None:
+    """``disable_fp16_compression`` run-time info on the grouped convs of an fp16 IR: which
+    precision the CPU plugin then runs them in (at its default, bf16 on a BF16 CPU)."""
+    import openvino as ov
+
+    core = ov.Core()
+    for marked in (False, True):
+        model = core.read_model(args.model)
+        count = 0
+        for op in model.get_ops():
+            if marked and op.get_type_name() == "GroupConvolution":
+                op.get_rt_info()["disable_fp16_compression_0"] = ""
+                count += 1
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS})
+        found: dict[str, int] = {}
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) == "Convolution":
+                precision = info["runtimePrecision"].astype(str)
+                found[precision] = found.get(precision, 0) + 1
+        print(f"{count} grouped convs marked: runtime convolutions by precision {found}")
+
+
+def hugepages(args: argparse.Namespace) -> None:
+    """glibc's ``glibc.malloc.hugetlb=1`` tunable (transparent huge pages for malloc) in
+    fresh processes, alternating with plain ones; median ms and AnonHugePages per process."""
+    if args.child:
+        session = ort_session(args.model)
+        call = ort_call(session, example())
+        for _ in range(3):
+            call()
+        seconds = []
+        for _ in range(25):
+            start = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - start)
+        with open("/proc/self/smaps_rollup") as smaps:
+            huge = next(line for line in smaps if line.startswith("AnonHugePages")).split()[1]
+        print(json.dumps([statistics.median(seconds) * 1e3, int(huge) // 1024]))
+        return
+    found: dict[str, list[Any]] = {"plain": [], "glibc.malloc.hugetlb=1": []}
+    for _ in range(args.processes):
+        for name in found:
+            env = dict(os.environ)
+            if name != "plain":
+                env["GLIBC_TUNABLES"] = name
+            command = [sys.executable, __file__, "hugepages", args.model, "--child"]
+            out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+            found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for name, rows in found.items():
+        ms = sorted(round(row[0], 1) for row in rows)
+        print(f"{name}: median ms per process {ms}; AnonHugePages MB {[r[1] for r in rows]}")
+
+
+def onnx_int8(args: argparse.Namespace) -> None:
+    """Variants of the onnx INT8 recipe (calibration/onnx.py) on the same fp32 graph and
+    calibration images; latency and the worst cosine to the fp32 logits on 8 images."""
+    import onnx
+    import onnxruntime.quantization as quantization
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from restv2_edge.calibration import onnx as recipe
+
+    inputs = np.load(args.calibration)
+    batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    work = Path(tempfile.mkdtemp(prefix="restv2-int8-ideas-"))
+    quant_pre_process(args.model, str(work / "prepared.onnx"), skip_symbolic_shape=True)
+    prepared = onnx.load(str(work / "prepared.onnx"))
+    constants = {init.name for init in prepared.graph.initializer}
+    attention = [
+        node.name
+        for node in prepared.graph.node
+        if node.op_type == "MatMul" and node.input[1] not in constants
+    ]
+    recipe_ops = list(recipe.OP_TYPES)
+    variants: dict[str, dict[str, Any]] = {
+        "recipe": {},
+        "attention matmuls float": {"exclude": attention},
+        "depthwise convs int8 out": {"ops": recipe_ops, "outputs_float": ["MatMul", "Gemm"]},
+        "+ DepthToSpace/Transpose QDQ": {
+            "ops": [*recipe_ops, "DepthToSpace", "Transpose"],
+            "outputs_float": ["MatMul", "Gemm"],
+        },
+    }
+    real = quantization.quantize_static
+    paths = {}
+    for name, change in variants.items():
+
+        def patched(*a: Any, change: dict[str, Any] = change, **kw: Any) -> Any:
+            if "ops" in change:
+                kw["op_types_to_quantize"] = change["ops"]
+                kw["nodes_to_exclude"] = []
+                extra = {**kw["extra_options"]}
+                extra["OpTypesToExcludeOutputQuantization"] = change["outputs_float"]
+                kw["extra_options"] = extra
+            return real(*a, **kw)
+
+        # new quantized tensors need their own calibration pass; the others share one
+        own_ranges = "DepthToSpace" in change.get("ops", [])
+        cache = work / ("cache-qdq.json" if own_ranges else "cache.json")
+        path = work / f"{len(paths)}.onnx"
+        quantization.quantize_static = patched
+        try:
+            recipe.quantize_onnx_file(
+                Path(args.model), path, batches, "input", recipe.DEFAULT_METHOD,
+                change.get("exclude"), cache=cache,
+            )  # fmt: skip
+        finally:
+            quantization.quantize_static = real
+        paths[name] = str(path)
+    images = inputs[:8]
+    fp32 = ort_session(args.model)
+    reference = np.concatenate([fp32.run(None, {"input": img[None]})[0] for img in images])
+    calls = {"fp32": ort_call(fp32, images[:1])}
+    for name, path in paths.items():
+        session = ort_session(path)
+        logits = np.concatenate([session.run(None, {"input": img[None]})[0] for img in images])
+        norms = np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
+        worst = float(((logits * reference).sum(1) / norms).min())
+        print(f"{name}: worst cosine to fp32 {worst:.6f}")
+        calls[name] = ort_call(session, images[:1])
+    report(calls, args.runs, baseline="recipe")
+
+
+def conv(args: argparse.Namespace) -> None:
+    """A patch-embedding conv (3x3, stride 2, 64 -> 128 on 56x56) three ways, alone."""
+    import openvino as ov
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    cin, cout, hw = 64, 128, 56
+    layer = torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1).requires_grad_(False)
+    weight = layer.weight.permute(0, 2, 3, 1).reshape(cout, 9 * cin, 1, 1).contiguous()
+
+    def taps(x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1))
+        offsets = [(i, j) for i in range(3) for j in range(3)]
+        return torch.cat([x[:, :, i : i + hw : 2, j : j + hw : 2] for i, j in offsets], 1)
+
+    class Direct(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return layer(x)
+
+    class Im2colConv(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(taps(x), weight, layer.bias)
+
+    class Im2colMatmul(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(taps(x).flatten(2).transpose(1, 2), weight.flatten(1), layer.bias)
+
+    x = torch.randn(1, cin, hw, hw)
+    work = Path(tempfile.mkdtemp(prefix="restv2-conv-ideas-"))
+    calls = {}
+    for name, module in (("direct", Direct()), ("im2col+1x1", Im2colConv()),
+                         ("im2col+matmul", Im2colMatmul())):  # fmt: skip
+        path = work / f"{name}.onnx"
+        torch.onnx.export(module.eval(), (x,), str(path), dynamo=True, external_data=False)
+        calls[f"onnxruntime {name}"] = ort_call(ort_session(str(path)), x.numpy())
+        converted = ov.convert_model(module.eval(), example_input=x, input=[list(x.shape)])
+        calls[f"openvino {name}"] = ov_call(
+            converted, {"INFERENCE_PRECISION_HINT": "f32"}, x.numpy()
+        )
+    report(calls, args.runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, extra in (
+        ("drift", drift, ["model"]),
+        ("ort-options", ort_options, ["models"]),
+        ("ov-options", ov_options, ["models"]),
+        ("ov-precision-marks", ov_precision_marks, ["model"]),
+        ("hugepages", hugepages, ["model"]),
+        ("onnx-int8", onnx_int8, ["model"]),
+        ("conv", conv, []),
+    ):
+        command = sub.add_parser(name, help=func.__doc__.splitlines()[0])
+        command.set_defaults(func=func)
+        if "model" in extra:
+            command.add_argument("model")
+        if "models" in extra:
+            command.add_argument("models", nargs="+")
+        command.add_argument("--runs", type=int, default=40)
+    sub.choices["drift"].add_argument("--blocks", type=int, default=8)
+    sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
+    sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    sub.choices["onnx-int8"].add_argument("--calibration", required=True, help="inputs.npy")
+    args = parser.parse_args()
+    if not getattr(args, "child", False):
+        machine = machine_info()
+        load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
+        print(f"Machine: {describe_machine(machine)}; load average {load}")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
