@@ -53,6 +53,40 @@ def test_manifest_describes_the_ir(tiny_ir: Path) -> None:
     assert "INFERENCE_PRECISION_HINT=f32" in manifest["parity"]["runner"]
 
 
+def grouped_conv_outputs_per_group(xml: Path) -> list[int]:
+    """Output channels per group of every GroupConvolution in the IR (weights G x O x I x kh x kw,
+    read through OpenVINO)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    return [
+        int(op.input(1).get_partial_shape()[1].get_length())
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "GroupConvolution"
+    ]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_half_precision_upsamples_with_depthwise_convs(tiny_artifact, precision: str) -> None:
+    """fp16/bf16 export the native-depthwise form: every grouped conv has one output per group
+    (the V upsampling included); fp32 keeps the native grouped conv with r*r outputs each."""
+    folder, manifest = tiny_artifact("openvino", precision)
+    outputs = grouped_conv_outputs_per_group(folder / "model.xml")
+    upsampling = [
+        ratio * ratio
+        for depth, ratio in zip(TINY_CONFIG["depths"], TINY_CONFIG["sr_ratios"])
+        for _ in range(depth)
+        if ratio > 1
+    ]
+    assert upsampling == [64, 16, 4, 4]
+    if precision == "fp16":
+        assert manifest.graph_form == "native-depthwise"
+        assert outputs and set(outputs) == {1}
+    else:
+        assert manifest.graph_form == "native"
+        assert sorted(o for o in outputs if o > 1) == sorted(upsampling)
+
+
 def test_ir_is_static_float32_with_named_io(tiny_ir: Path) -> None:
     import openvino as ov
 
