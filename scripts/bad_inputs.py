@@ -154,6 +154,16 @@ def main() -> int:
                                             "TPU"]),
             ("parity --limit 0", ["parity", art, "--weights", ckpt, "--limit", 0]),
             ("eval --limit -1", ["eval", art, "--data", photos, "--limit", -1]),
+            ("eval --ray not-an-address", ["eval", art, "--data", photos, "--ray",
+                                          "not an address"]),
+            ("eval --ray before the artifact", ["eval", "--ray", art, "--data", photos]),
+            ("eval --shard-size 0", ["eval", art, "--data", photos, "--shard-size", 0]),
+            ("eval --retries -1", ["eval", art, "--data", photos, "--retries", -1]),
+            ("profile --runs 0", ["profile", art, "--runs", 0]),
+            ("profile --top 0", ["profile", art, "--top", 0]),
+            ("profile a folder with no manifest", ["profile", work]),
+            ("export --precision bf16 (onnx)", ["export", "--target", "onnx", "--weights", ckpt,
+                                                "--precision", "bf16"]),
         ]  # fmt: skip
         print("| bad input | exit | what the user sees | traceback | new files |")
         print("|---|---|---|---|---|")
