@@ -46,7 +46,7 @@ def targets(as_json: bool) -> None:
     """The export targets: pip extra, precisions, INT8 schemes and guards, dynamic batch,
     target-specific export options, installed or not."""
     from restv2_edge.calibration.recipes import get_recipe, has_int8_recipe
-    from restv2_edge.converters.base import get_descriptor, target_names
+    from restv2_edge.converters.base import ExportRequest, get_descriptor, target_names
 
     installed = {name for name in target_names() if backend_present(get_descriptor(name))}
     rows = []
@@ -63,6 +63,10 @@ def targets(as_json: bool) -> None:
             "max_drop": bool(recipe and recipe.max_drop),
             "sensitivity": bool(recipe and recipe.sensitivity),
             "graph_form": descriptor.graph_form,
+            "graph_form_by_precision": {
+                precision: descriptor.converter.graph_form_for(ExportRequest(precision=precision))
+                for precision in descriptor.precisions
+            },
             "dynamic_batch": descriptor.dynamic_batch,
             "options": sorted(option_readers(name)),
             "model_file": f"model{descriptor.suffix}",

@@ -361,8 +361,13 @@ def test_targets_command_reports_every_descriptor_and_recipe():
         assert row["precisions"] == list(descriptor.precisions)
         assert row["dynamic_batch"] is descriptor.dynamic_batch
         assert row["model_file"] == f"model{descriptor.suffix}"
+        assert row["graph_form"] == descriptor.graph_form
+        assert set(row["graph_form_by_precision"]) == set(descriptor.precisions)
+        assert set(row["graph_form_by_precision"].values()) <= {f.value for f in GraphForm}
         assert set(descriptor.options) <= set(row["options"])
         schemes = list(get_recipe(name).schemes) if name in int8_targets() else []
         assert row["int8_schemes"] == schemes
+    forms = rows["openvino"]["graph_form_by_precision"]
+    assert forms == {"fp32": "native", "fp16": "native-depthwise", "bf16": "native-depthwise"}
     text = CliRunner().invoke(main, ["targets"]).output.splitlines()
     assert [line.split()[0] for line in text] == target_names()
