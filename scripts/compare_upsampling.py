@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from restv2_edge.converters.base import ExportRequest, get_converter
 from restv2_edge.artifact import open_artifact
 from restv2_edge.bench.machine import describe_machine, machine_info
 from restv2_edge.bench.peers import calibration_set
-from restv2_edge.bench.timing import BLOCK, summarize, time_round_robin
+from restv2_edge.bench.timing import BLOCK, per_round_ratio, summarize, time_round_robin
 from restv2_edge.checkpoint import load_official_into
 from restv2_edge.export import export_artifact
 from restv2_edge.factory import create_model
@@ -68,16 +67,6 @@ def export_in_form(
         converter.graph_form_for = chosen  # type: ignore[method-assign]
     parity = manifest.parity or {}
     return {"graph_form": manifest.graph_form, "parity": parity.get("status")}
-
-
-def per_round_ratio(times: dict[str, list[float]], a: str, b: str, block: int) -> float:
-    """Median over rounds of (median of b's calls) / (median of a's calls) in that round."""
-    rounds = len(times[a]) // block
-    ratios = []
-    for r in range(rounds):
-        part = slice(r * block, (r + 1) * block)
-        ratios.append(statistics.median(times[b][part]) / statistics.median(times[a][part]))
-    return statistics.median(ratios)
 
 
 def main() -> None:
@@ -133,7 +122,7 @@ def main() -> None:
                 "precision": precision,
                 "native_ms": summarize(times[native], 1)["median_ms"],
                 "depthwise_ms": summarize(times[depthwise], 1)["median_ms"],
-                "ratio": per_round_ratio(times, native, depthwise, BLOCK),
+                "ratio": per_round_ratio(times, native, depthwise),
                 "parity": [builds[native].get("status"), builds[depthwise].get("status")],
             }
         )

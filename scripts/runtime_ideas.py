@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from restv2_edge.bench.machine import describe_machine, machine_info
-from restv2_edge.bench.timing import BLOCK, summarize, time_round_robin
+from restv2_edge.bench.timing import BLOCK, per_round_ratio, summarize, time_round_robin
 
 THREADS = 2
 SIZE = 224
@@ -50,14 +50,9 @@ def report(calls: dict[str, Callable[[], Any]], runs: int, baseline: str | None 
     base = baseline or next(iter(calls))
     for name, seconds in times.items():
         stats = summarize(seconds, 1)
-        rounds = [
-            statistics.median(seconds[i : i + BLOCK])
-            / statistics.median(times[base][i : i + BLOCK])
-            for i in range(0, len(seconds) - BLOCK + 1, BLOCK)
-        ]
         print(
             f"{name:34s} median {stats['median_ms']:7.2f} ms  min {stats['min_ms']:7.2f} ms  "
-            f"/ {base}: {statistics.median(rounds):.3f} (per-round median)"
+            f"/ {base}: {per_round_ratio(times, base, name):.3f} (per-round median)"
         )
 
 

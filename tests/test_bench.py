@@ -384,3 +384,17 @@ def test_unwritable_report_path_fails_first(argv: tuple[str, ...], tmp_path: Pat
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result, "cannot write", "a-file")
     assert not (tmp_path / "missing").exists()
+
+
+def test_per_round_ratio_cancels_drift_between_rounds():
+    """Hand-made timings: B is 0.9x A in every round while the machine slows 2x in round 2;
+    the partial last round is left out; no full round is an error."""
+    from restv2_edge.bench.timing import per_round_ratio
+    from restv2_edge.errors import DataError
+
+    a = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 5.0]
+    b = [0.9, 0.9, 0.9, 1.8, 1.8, 1.8, 0.1]
+    assert per_round_ratio({"a": a, "b": b}, "a", "b", block=3) == pytest.approx(0.9)
+    assert np.median(b) / np.median(a) != pytest.approx(0.9)  # what the overall medians say
+    with pytest.raises(DataError):
+        per_round_ratio({"a": a[:2], "b": b[:2]}, "a", "b", block=3)

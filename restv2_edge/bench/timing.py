@@ -77,6 +77,22 @@ def time_round_robin(
     return times
 
 
+def per_round_ratio(
+    times: dict[str, list[float]], base: str, other: str, block: int = BLOCK
+) -> float:
+    """Median over ``time_round_robin``'s full rounds of (``other``'s median in the round) /
+    (``base``'s median in the round): the machine's speed drifting between rounds cancels
+    out, which a ratio of overall medians does not guarantee."""
+    rounds = min(len(times[base]), len(times[other])) // block
+    if rounds == 0:
+        raise DataError(f"no full round of {block} calls to compare")
+    ratios = []
+    for index in range(rounds):
+        part = slice(index * block, (index + 1) * block)
+        ratios.append(float(np.median(times[other][part]) / np.median(times[base][part])))
+    return float(np.median(ratios))
+
+
 def check_counts(warmup: int, runs: int, batch: int) -> None:
     """Refuse counts that would time nothing, before any export or model load."""
     if warmup < 0 or runs < 1 or batch < 1:
