@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--precisions", type=_classes, default=list(lib.CLASSES), help="fp32,half,int8")
     add("--threads", type=_count(1), default=None)
     add("--warmup", type=_count(0), default=3)
-    add("--runs", type=_count(1), default=20, help="timed calls per row")
+    add("--runs", type=_count(1), default=60, help="timed calls per row")
     add("--calib-size", type=_count(1), default=64, help="calibration images (int8)")
     add("--calib-data", type=Path, default=None, help="default: the shared ImageNet photos")
     add("--photos", type=_count(1), default=16, help="photos for the accuracy columns")
@@ -246,6 +246,11 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _rounds(report: dict[str, Any]) -> int:
+    """How many timing rounds a row has (every process's, in a merged report)."""
+    return max((len(row.get("rounds_ms") or []) for row in report["rows"]), default=0)
+
+
 def _digits(goal: dict[str, Any]) -> str:
     """Cosines need six digits to be told from their 0.999 limit; ratios three."""
     return ".6g" if "cosine" in goal["goal"] else ".3g"
@@ -314,7 +319,8 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"- Machine: {describe_machine(machine)}; {machine['os']}",
         f"- Load average when it ran: {', '.join(f'{v:.1f}' for v in machine['load_avg'] or [])}",
         f"- {s['threads']} threads, {s['warmup']} warm-up + {s['runs']} timed calls per row, "
-        f"{s['order']}, every row and the floors' GEMMs in the same rounds; ms = median.",
+        f"{s['order']}, every row and the floors' GEMMs in the same rounds; ms = median; "
+        f"speed goals: median over {_rounds(report)} rounds of the per-round ratio.",
         *_process_lines(report),
         f"- Weights: {m['weights']['path']} ({m['weights']['sha256'][:19]}...); "
         f"{m['macs'] / 1e9:.2f} GMACs per image.",
@@ -341,7 +347,10 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "A peer is the official-structure network through the toolchain's defaults and none "
         "of restv2-edge's graph work (each target's `peers` in converters/). ratio = the "
         "project's median / the fastest peer of the same target and precision class (half: "
-        "fp16/bf16 or the runtime's CPU default). Absolute times hold for this machine only; "
+        "fp16/bf16 or the runtime's CPU default). A speed goal's value is the median over the "
+        "timing rounds of the same ratio within each round (rows of one round share the "
+        "machine's speed at that time; restv2_edge/bench/peer_goals.py), so it can differ a "
+        "little from the ratio of the medians. Absolute times hold for this machine only; "
         "the ratios are what compare across machines. A Core ML row on Linux runs the MIL "
         "reference interpreter (numpy): its time says nothing about Core ML.",
     ]

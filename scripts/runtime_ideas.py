@@ -14,6 +14,8 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy
+    python scripts/runtime_ideas.py onnx-shuffle $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
+    python scripts/runtime_ideas.py upsample
     python scripts/runtime_ideas.py conv
 """
 
@@ -257,6 +259,154 @@ def onnx_int8(args: argparse.Namespace) -> None:
     report(calls, args.runs, baseline="recipe")
 
 
+def shuffle_as_one_transpose(model: Any) -> int:
+    """Rewrite each ``DepthToSpace(CRD) -> Reshape (B, C, N) -> Transpose (B, N, C)`` of an
+    ONNX graph as ``Reshape (B, C, r, r, h, w) -> Transpose -> Reshape (B, N, C)``: the pixel
+    shuffle and the tokens transpose as one 6-D permute. Returns how many were rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    shapes = {
+        info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+        for info in onnx.shape_inference.infer_shapes(model).graph.value_info
+    }
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rewritten, drop, add = 0, set(), []
+    for node in graph.node:
+        if node.op_type != "DepthToSpace":
+            continue
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"DCR")
+        r = next(a.i for a in node.attribute if a.name == "blocksize")
+        flatten = consumers.get(node.output[0], [])
+        transpose = consumers.get(flatten[0].output[0], []) if len(flatten) == 1 else []
+        if mode != b"CRD" or len(transpose) != 1 or transpose[0].op_type != "Transpose":
+            continue
+        batch, channels, h, w = shapes[node.input[0]]
+        channels //= r * r
+        tag = f"shuffle6d_{rewritten}"
+        six = numpy_helper.from_array(np.array([batch, channels, r, r, h, w]), f"{tag}_six")
+        tokens = numpy_helper.from_array(np.array([batch, h * r * w * r, channels]), f"{tag}_n")
+        graph.initializer.extend([six, tokens])
+        add += [
+            helper.make_node("Reshape", [node.input[0], six.name], [f"{tag}_a"]),
+            helper.make_node("Transpose", [f"{tag}_a"], [f"{tag}_b"], perm=[0, 4, 2, 5, 3, 1]),
+            helper.make_node("Reshape", [f"{tag}_b", tokens.name], [transpose[0].output[0]]),
+        ]
+        drop |= {id(node), id(flatten[0]), id(transpose[0])}
+        rewritten += 1
+    kept = [node for node in graph.node if id(node) not in drop] + add
+    graph.ClearField("node")
+    graph.node.extend(topological(kept))
+    return rewritten
+
+
+def topological(nodes: list[Any]) -> list[Any]:
+    """``nodes`` in an order where every node comes after the producers of its inputs."""
+    produced = {out: node for node in nodes for out in node.output}
+    done: set[int] = set()
+    order: list[Any] = []
+
+    def visit(node: Any) -> None:
+        if id(node) in done:
+            return
+        done.add(id(node))
+        for name in node.input:
+            if name in produced:
+                visit(produced[name])
+        order.append(node)
+
+    for node in nodes:
+        visit(node)
+    return order
+
+
+def onnx_shuffle(args: argparse.Namespace) -> None:
+    """Each ONNX artifact against itself with the pixel shuffle and the tokens transpose as
+    one 6-D Transpose (``shuffle_as_one_transpose``); the outputs must be identical."""
+    import onnx
+
+    x = example()
+    calls = {}
+    work = Path(tempfile.mkdtemp(prefix="restv2-shuffle-ideas-"))
+    for path in args.models:
+        name = Path(path).parent.name
+        model = onnx.load(path)
+        count = shuffle_as_one_transpose(model)
+        onnx.checker.check_model(model)
+        changed = work / f"{name}.onnx"
+        onnx.save(model, str(changed))
+        plain, six = ort_session(path), ort_session(str(changed))
+        same = np.array_equal(plain.run(None, {"input": x})[0], six.run(None, {"input": x})[0])
+        print(f"{name}: {count} pixel shuffles rewritten; identical logits: {same}")
+        calls[name] = ort_call(plain, x)
+        calls[f"{name}, 6-D transpose"] = ort_call(six, x)
+    times = time_round_robin(calls, warmup=3, runs=args.runs, progress=lambda s: None, block=BLOCK)
+    for name in args.models:
+        base = Path(name).parent.name
+        other = f"{base}, 6-D transpose"
+        print(
+            f"{other}: {summarize(times[other], 1)['median_ms']:.2f} ms against "
+            f"{summarize(times[base], 1)['median_ms']:.2f} ms; per-round ratio "
+            f"{per_round_ratio(times, base, other):.3f}"
+        )
+
+
+def upsample(args: argparse.Namespace) -> None:
+    """EMSA's V upsampling (3x3 conv, r*r outputs per channel, pixel shuffle, to tokens) of
+    each T stage, against one depthwise ConvTranspose (stride r, kernel 3r, padding r) that
+    computes the same map with no pixel shuffle, alone in onnxruntime and OpenVINO."""
+    import openvino as ov
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    calls: dict[str, Callable[[], Any]] = {}
+    work = Path(tempfile.mkdtemp(prefix="restv2-upsample-ideas-"))
+    for channels, r in ((96, 8), (192, 4), (384, 2)):
+        # no bias: the official one is per (c, i, j), a ConvTranspose's per c (a real form
+        # would add the rest as a constant map)
+        conv = torch.nn.Conv2d(channels, channels * r * r, 3, 1, 1, groups=channels, bias=False)
+        conv.requires_grad_(False)
+        # K[c, (2 - a) r + i, (2 - b) r + j] = W[c r r + i r + j, a, b]
+        w = conv.weight.reshape(channels, r, r, 3, 3).flip(3, 4)
+        kernel = w.permute(0, 3, 1, 4, 2).reshape(channels, 1, 3 * r, 3 * r).contiguous()
+
+        class Shuffle(torch.nn.Module):
+            def forward(self, x: torch.Tensor, conv: Any = conv, r: int = r) -> torch.Tensor:
+                return F.pixel_shuffle(conv(x), r).flatten(2).transpose(1, 2)
+
+        class Transposed(torch.nn.Module):
+            def forward(self, x: torch.Tensor, k: Any = kernel, r: int = r) -> torch.Tensor:
+                y = F.conv_transpose2d(x, k, stride=r, padding=r, groups=k.shape[0])
+                return y.flatten(2).transpose(1, 2)
+
+        x = torch.randn(1, channels, 7, 7)
+        difference = (Shuffle()(x) - Transposed()(x)).abs().max().item()
+        print(f"C={channels} r={r}: max |difference| {difference:.1e}")
+        for name, module in (("shuffle", Shuffle()), ("conv-transpose", Transposed())):
+            label = f"C{channels} r{r} {name}"
+            path = work / f"{label.replace(' ', '-')}.onnx"
+            torch.onnx.export(module.eval(), (x,), str(path), dynamo=True, external_data=False)
+            calls[f"onnxruntime {label}"] = ort_call(ort_session(str(path)), x.numpy())
+            converted = ov.convert_model(module.eval(), example_input=x, input=[list(x.shape)])
+            calls[f"openvino {label}"] = ov_call(
+                converted, {"INFERENCE_PRECISION_HINT": "f32"}, x.numpy()
+            )
+    times = time_round_robin(calls, warmup=3, runs=args.runs, progress=lambda s: None, block=BLOCK)
+    for name in calls:
+        if name.endswith("conv-transpose"):
+            base = name.replace("conv-transpose", "shuffle")
+            print(
+                f"{name}: {summarize(times[name], 1)['median_ms']:.3f} ms against "
+                f"{summarize(times[base], 1)['median_ms']:.3f} ms; per-round ratio "
+                f"{per_round_ratio(times, base, name):.3f}"
+            )
+
+
 def conv(args: argparse.Namespace) -> None:
     """A patch-embedding conv (3x3, stride 2, 64 -> 128 on 56x56) three ways, alone."""
     import openvino as ov
@@ -310,6 +460,8 @@ def main() -> None:
         ("ov-precision-marks", ov_precision_marks, ["model"]),
         ("hugepages", hugepages, ["model"]),
         ("onnx-int8", onnx_int8, ["model"]),
+        ("onnx-shuffle", onnx_shuffle, ["models"]),
+        ("upsample", upsample, []),
         ("conv", conv, []),
     ):
         command = sub.add_parser(name, help=func.__doc__.splitlines()[0])

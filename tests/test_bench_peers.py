@@ -105,9 +105,26 @@ def test_goals_are_judged_with_their_margins() -> None:
     assert "b fp32 <= 0.85x its peer" not in found  # b has no fp32 peer
 
 
+def test_speed_goals_compare_rows_round_by_round() -> None:
+    """Hand-made rounds: the project is 0.8x its peer in every round while the machine slows
+    3x in the last two; the rows' medians (taken from other rounds' extremes) say otherwise."""
+    rounds_project = [8.0, 8.0, 24.0, 24.0]
+    rounds_peer = [10.0, 10.0, 30.0, 30.0]
+    rows = [
+        {**_row("project", "a", "fp32", 9.0), "rounds_ms": rounds_project},
+        {**_row("peer", "a", "fp32", 10.0, "a's plain fp32"), "rounds_ms": rounds_peer},
+    ]
+    goal = next(g for g in lib.goals(rows) if g["goal"] == "a fp32 <= 0.85x its peer")
+    assert goal["value"] == pytest.approx(0.8) and goal["status"] == "pass"
+    rows[1]["rounds_ms"] = rounds_peer[:3]  # rounds that do not pair: the medians' ratio
+    goal = next(g for g in lib.goals(rows) if g["goal"] == "a fp32 <= 0.85x its peer")
+    assert goal["value"] == pytest.approx(0.9) and goal["status"] == "miss"
+
+
 def test_separate_runs_merge_into_medians_and_keep_each_runs_goals() -> None:
     def report(project_ms: float, peer_ms: float, rate: float) -> dict:
         rows = [_row("project", "a", "fp32", project_ms), _row("peer", "a", "fp32", peer_ms)]
+        rows[0]["rounds_ms"], rows[1]["rounds_ms"] = [project_ms] * 2, [peer_ms] * 2
         return {
             "model": {"weights": {"sha256": "x"}, "macs": 10**9},
             "settings": {"threads": 2},
@@ -122,8 +139,9 @@ def test_separate_runs_merge_into_medians_and_keep_each_runs_goals() -> None:
     merged = lib.merge_reports(runs)
     project = next(row for row in merged["rows"] if row["side"] == "project")
     assert project["ms"] == 8.0 and project["ms_runs"] == [8.0, 9.0, 5.0]
+    assert project["rounds_ms"] == [8.0, 8.0, 9.0, 9.0, 5.0, 5.0]  # every run's rounds
     goal = next(g for g in merged["goals"] if g["goal"] == "a fp32 <= 0.85x its peer")
-    assert goal["value"] == pytest.approx(8.0 / 10.0)  # the medians' ratio
+    assert goal["value"] == pytest.approx(0.8)  # per-round ratios 0.8, 0.8, 1, 1, 0.25, 0.25 pooled
     assert merged["peak_rates"] == {"fp32": 2e11, "int8": None}
     assert merged["settings"]["processes"] == 3
     assert [p["command"] for p in merged["processes"]] == ["run 8.0", "run 9.0", "run 5.0"]

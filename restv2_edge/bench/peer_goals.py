@@ -1,10 +1,17 @@
 """The performance contract of ``bench.peers``: each goal judged on the measured rows, with
 its margin (how far inside or outside its limit), so a report says pass or miss and by how
-much rather than a bare number."""
+much rather than a bare number.
+
+A speed goal compares two rows timed in the same interleaved rounds: its value is the median
+over those rounds of the per-round ratio (``timing.median_round_ratio``), so the machine's
+speed drifting from one round to the next cancels out; rows without rounds (older reports)
+fall back to the ratio of their medians."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from restv2_edge.bench.timing import median_round_ratio
 
 #: the goals: (name, kind, limit); "max" goals pass at value <= limit, "min" at >= limit
 FP32_RATIO = 0.85
@@ -30,6 +37,14 @@ def _fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(rows, key=lambda row: row["ms"]) if rows else None
 
 
+def speed_ratio(row: dict[str, Any], base: dict[str, Any]) -> float:
+    """``row``'s time over ``base``'s: per round where both carry the same rounds."""
+    mine, theirs = row.get("rounds_ms"), base.get("rounds_ms")
+    if mine and theirs and len(mine) == len(theirs):
+        return median_round_ratio(theirs, mine)
+    return row["ms"] / base["ms"]
+
+
 def judge(name: str, value: float | None, limit: float, kind: str, detail: str) -> dict[str, Any]:
     """One goal's verdict: pass/miss and by how much (``margin``: value / limit - 1)."""
     goal = {"goal": name, "value": value, "limit": limit, "kind": kind, "detail": detail}
@@ -51,7 +66,7 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             found.append(
                 judge(
                     f"{target} int8 >= {INT8_SPEEDUP:g}x its own fp32",
-                    own32["ms"] / own8["ms"],
+                    speed_ratio(own32, own8),
                     INT8_SPEEDUP,
                     "min",
                     f"fp32 {own32['ms']:.2f} ms / {own8['key']} {own8['ms']:.2f} ms",
@@ -69,7 +84,7 @@ def _ratio_goal(rows: list[dict[str, Any]], target: str, klass: str, limit: floa
     return [
         judge(
             f"{target} {klass} <= {limit:g}x its peer",
-            own["ms"] / peer["ms"],
+            speed_ratio(own, peer),
             limit,
             "max",
             f"{own['key']} {own['ms']:.2f} ms / {peer['label']} {peer['ms']:.2f} ms",
@@ -87,7 +102,7 @@ def _best_int8_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         found.append(
             judge(
                 f"best int8 <= {BEST_INT8_RATIO:g}x the best peer int8",
-                best["ms"] / peer["ms"],
+                speed_ratio(best, peer),
                 BEST_INT8_RATIO,
                 "max",
                 f"{best['key']} {best['ms']:.2f} ms / {peer['label']} {peer['ms']:.2f} ms",
@@ -98,7 +113,7 @@ def _best_int8_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         found.append(
             judge(
                 "best int8 faster than the best half-precision row",
-                best["ms"] / half["ms"],
+                speed_ratio(best, half),
                 1.0,
                 "max",
                 f"{best['key']} {best['ms']:.2f} ms / {half['label']} {half['ms']:.2f} ms",

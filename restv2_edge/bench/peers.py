@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from restv2_edge.bench.peer_goals import goals, margin_text  # noqa: F401 (the report's API)
-from restv2_edge.bench.timing import BLOCK, ORDER, Progress, summarize, time_round_robin
+from restv2_edge.bench.timing import (
+    BLOCK,
+    ORDER,
+    Progress,
+    round_medians,
+    summarize,
+    time_round_robin,
+)
 from restv2_edge.errors import ArtifactError, DataError, RestV2EdgeError, first_line
 
 #: the record of a work folder (weights, calibration set, artifacts built)
@@ -371,6 +378,7 @@ def time_rows(
         if row["key"] in times:
             row["latency"] = summarize(times[row["key"]], int(example.shape[0]))
             row["ms"] = row["latency"]["median_ms"]
+            row["rounds_ms"] = round_medians(times[row["key"]], BLOCK)
     return rates_from(gemms, {name: times[f"gemm/{name}"] for name in gemms})
 
 
@@ -455,7 +463,8 @@ def measure(
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Several timing runs (separate processes) of one work folder as one report: each row's
-    ms the median of the runs' medians, the GEMM peaks likewise, the goals judged on those.
+    ms the median of the runs' medians, the GEMM peaks likewise; each row's rounds are the
+    runs' rounds in order, so a goal's per-round ratios pool every process's rounds.
     The machine's speed drifts over tens of seconds (docs/graph-forms.md), so one run's
     ratios can differ from the next's; the runs' own values stay in ``ms_runs`` and
     ``processes``."""
@@ -473,6 +482,8 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         if all(value is not None for value in values) and len(values) == len(reports):
             merged["ms_runs"] = values
             merged["ms"] = float(np.median(values))
+            rounds = [found[row["key"]].get("rounds_ms") for found in by_key]
+            merged["rounds_ms"] = [ms for run in rounds for ms in run] if all(rounds) else None
         rows.append(merged)
     rates = {}
     for name in first["peak_rates"]:

@@ -77,20 +77,32 @@ def time_round_robin(
     return times
 
 
+def round_medians(seconds: list[float], block: int = BLOCK) -> list[float]:
+    """The median ms of each full round of ``block`` calls in ``time_round_robin``'s order."""
+    rounds = len(seconds) // block
+    return [float(np.median(seconds[i * block : (i + 1) * block])) * 1e3 for i in range(rounds)]
+
+
+def median_round_ratio(base: list[float], other: list[float]) -> float:
+    """Median over rounds of ``other[r] / base[r]`` (per-round values of rows timed in the same
+    rounds): the machine's speed drifting between rounds cancels out, which a ratio of
+    overall medians does not guarantee."""
+    if not base or len(base) != len(other):
+        raise DataError(f"need the same rounds on both sides (got {len(base)} and {len(other)})")
+    return float(np.median(np.asarray(other) / np.asarray(base)))
+
+
 def per_round_ratio(
     times: dict[str, list[float]], base: str, other: str, block: int = BLOCK
 ) -> float:
-    """Median over ``time_round_robin``'s full rounds of (``other``'s median in the round) /
-    (``base``'s median in the round): the machine's speed drifting between rounds cancels
-    out, which a ratio of overall medians does not guarantee."""
+    """``median_round_ratio`` of two candidates' seconds from one ``time_round_robin``."""
     rounds = min(len(times[base]), len(times[other])) // block
     if rounds == 0:
         raise DataError(f"no full round of {block} calls to compare")
-    ratios = []
-    for index in range(rounds):
-        part = slice(index * block, (index + 1) * block)
-        ratios.append(float(np.median(times[other][part]) / np.median(times[base][part])))
-    return float(np.median(ratios))
+    size = rounds * block
+    return median_round_ratio(
+        round_medians(times[base][:size], block), round_medians(times[other][:size], block)
+    )
 
 
 def check_counts(warmup: int, runs: int, batch: int) -> None:
