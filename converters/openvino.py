@@ -195,9 +195,11 @@ HALF_PRECISIONS = ("fp16", "bf16")
 
 class OpenVinoConverter(Converter):
     def graph_form_for(self, request: ExportRequest) -> str:
-        """``native-depthwise`` for fp16/bf16: the CPU plugin runs the grouped upsampling conv
-        in bf16 through a generic kernel, 3x its f32 time, and a depthwise one through its
-        fast depthwise kernel (docs/graph-forms.md); fp32 and int8 measured no better."""
+        """``native-convtranspose`` (the descriptor's form) for fp32 and int8: the CPU plugin
+        runs the V upsampling as one depthwise deconvolution faster than grouped conv plus
+        depth-to-space; ``native-depthwise`` for fp16/bf16, where that deconvolution and the
+        grouped conv take generic bf16 kernels at ~3x their f32 time and a depthwise conv
+        its fast depthwise kernel (docs/graph-forms.md)."""
         if request.precision in HALF_PRECISIONS:
             return "native-depthwise"
         return self.graph_form
@@ -384,7 +386,7 @@ DESCRIPTOR = TargetDescriptor(
     precisions=("fp32", "fp16", "bf16"),
     default_precision="fp32",
     # Measured (docs/graph-forms.md): OpenVINO fuses native LayerNorm (MVN) and 4-D MatMul.
-    graph_form="native",
+    graph_form="native-convtranspose",
     suffix=".xml",
     converter=CONVERTER,
     manifest_fields=(

@@ -16,7 +16,7 @@ the official detection/segmentation backbone (``object_detection/restv2/restv2.p
 through its own channels-first LayerNorm (docs/backbone.md). The input size is one side or
 (height, width), each a multiple of 32.
 
-One set of weights, three graph forms (``GraphForm``), chosen per target by measurement
+One set of weights, four graph forms (``GraphForm``), chosen per target by measurement
 (docs/graph-forms.md):
 - ``native``: native LayerNorm, 4-D multi-head matmuls, native pixel shuffle (depth-to-space).
 - ``decomposed``: everything as linear/bmm/conv so that one XNNPACK delegate takes the whole
@@ -26,6 +26,9 @@ One set of weights, three graph forms (``GraphForm``), chosen per target by meas
 - ``native-depthwise``: native, except that the V upsampling repeats each channel r*r times
   and runs the same filters as a depthwise conv (a runtime's depthwise kernel instead of its
   grouped one; same weights and checkpoint layout as native).
+- ``native-convtranspose``: native, except that the V upsampling (3x3 conv, r*r outputs per
+  channel, pixel shuffle) is one depthwise transposed conv (stride r, kernel 3r, padding r)
+  with the same filters rearranged: no depth-to-space (same weights and checkpoint layout).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class GraphForm(str, enum.Enum):
     DECOMPOSED = "decomposed"
     #: native, but the V upsampling repeats each channel r*r times and convolves depthwise
     NATIVE_DEPTHWISE = "native-depthwise"
+    #: native, but the V upsampling and its pixel shuffle are one depthwise transposed conv
+    NATIVE_CONVTRANSPOSE = "native-convtranspose"
 
 
 class LayerNorm(nn.LayerNorm):
@@ -169,6 +174,16 @@ class Attention(nn.Module):
             outs.append(torch.bmm(attn, vh))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
+    def _upsample_transposed(self, v_map: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) reduced V -> (B, H*W, C) tokens, the conv and pixel shuffle as one
+        transposed conv."""
+        r = self.sr_ratio
+        h, w = self.reduced_grid
+        filters = convtranspose_filters(self.up.weight, r)
+        y = F.conv_transpose2d(v_map, filters, None, stride=r, padding=r, groups=self.dim)
+        y = y.flatten(2).unflatten(2, (h, r * w * r)) + convtranspose_bias(self.up.bias, r, w)
+        return y.flatten(2).transpose(1, 2)
+
     def _upsample(self, v_map: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) reduced V -> (B, H*W, C) tokens at full resolution."""
         r = self.sr_ratio
@@ -189,6 +204,8 @@ class Attention(nn.Module):
                 groups=self.up.out_channels,
             )
             return map_to_tokens(F.pixel_shuffle(y, r))
+        if self.form is GraphForm.NATIVE_CONVTRANSPOSE:
+            return self._upsample_transposed(v_map)
         # Rank-4 pixel shuffle. Channels are (i, j, c); target token order (hh, i, ww, j) x c.
         h, w = self.reduced_grid
         dim = self.dim
@@ -197,6 +214,29 @@ class Attention(nn.Module):
         y = y.transpose(2, 3).flatten(2).unflatten(2, (h, w * r * dim))  # (B, i, hh, (ww j c))
         y = y.transpose(1, 2).flatten(1)  # (B, hh i ww j c)
         return y.unflatten(1, (h * r * w * r, dim))
+
+
+def convtranspose_filters(weight: torch.Tensor, r: int) -> torch.Tensor:
+    """The upsampling conv's filters (C*r*r, 1, 3, 3), output channel c*r*r + i*r + j, as
+    the filters (C, 1, 3r, 3r) of a depthwise transposed conv with stride r and padding r.
+
+    Output pixel (y*r + i, x*r + j) of conv-then-pixel-shuffle reads input (y + a - 1,
+    x + b - 1) with tap (a, b) of filter (c, i, j); a transposed conv with stride r and
+    padding r reaches it from that input through kernel position ((2 - a) r + i, (2 - b) r + j).
+    Every step stays rank 4.
+    """
+    channels = weight.shape[0] // (r * r)
+    taps = weight.reshape(channels * r, r, 3, 3).flip(2, 3)  # ((c, i), j, 2 - a, 2 - b)
+    taps = taps.permute(0, 2, 3, 1).reshape(channels, r, 3, 3 * r)  # (c, i, 2 - a, (2 - b, j))
+    return taps.permute(0, 2, 1, 3).reshape(channels, 1, 3 * r, 3 * r)
+
+
+def convtranspose_bias(bias: torch.Tensor, r: int, width: int) -> torch.Tensor:
+    """The upsampling conv's bias, one per (c, i, j) (a transposed conv's own bias is one
+    per c), as the (1, C, 1, r*width*r) rows it adds to the output map viewed as
+    (B, C, h, (i, x, j)): one output row pair per reduced row, not a whole map of constants."""
+    per_phase = bias.reshape(-1, r, 1, r).repeat(1, 1, width, 1)  # (c, i, x, j)
+    return per_phase.flatten(1).unsqueeze(0).unsqueeze(2)
 
 
 def fold_attention_scale(module: nn.Module) -> nn.Module:

@@ -1,13 +1,15 @@
-"""The V upsampling written two ways, per target and precision, timed interleaved.
+"""The V upsampling written three ways, per target and precision, timed interleaved.
 
 ``native`` runs the upsampling conv as the official grouped conv (each of C groups makes r*r
 channels, then depth-to-space); ``native-depthwise`` first repeats every channel r*r times
-(a broadcast multiply by ones) and runs the same filters as a depthwise conv, multiplier 1
-(``restv2_edge.model.GraphForm``). Same weights, same function; every artifact comes from the
-export pipeline (``export_artifact``, parity gate on photos included) with only the graph
-form forced, and all of them run through the project's runners in one process, round-robin
-(``restv2_edge.bench.timing``). Reported: each form's median and the per-round ratio
-depthwise / native (median over rounds, so a machine drifting in speed cancels out).
+(a broadcast multiply by ones) and runs the same filters as a depthwise conv, multiplier 1;
+``native-convtranspose`` runs conv and depth-to-space as one depthwise transposed conv
+(stride r, kernel 3r) with the filters rearranged (``restv2_edge.model.GraphForm``). Same
+weights, same function; every artifact comes from the export pipeline (``export_artifact``,
+parity gate on photos included) with only the graph form forced, and all of them run
+through the project's runners in one process, round-robin (``restv2_edge.bench.timing``).
+Reported: each form's median and its per-round ratio to native (median over rounds, so a
+machine drifting in speed cancels out).
 
     python scripts/compare_upsampling.py --work /tmp/upsampling --runs 60 \\
         --pairs openvino/fp32,openvino/fp16,openvino/bf16,openvino/int8,onnx/fp32 \\
@@ -39,7 +41,7 @@ from restv2_edge.checkpoint import load_official_into
 from restv2_edge.export import export_artifact
 from restv2_edge.factory import create_model
 
-FORMS = ("native", "native-depthwise")
+FORMS = ("native", "native-depthwise", "native-convtranspose")
 
 
 def build_model(variant: str, size: int, seed: int) -> Any:
@@ -81,10 +83,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rebuild", action="store_true", help="export again")
+    parser.add_argument("--forms", default=",".join(FORMS), help="native first (the base)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
 
+    args.forms = args.forms.split(",")
+    if args.forms[0] != "native" or not set(args.forms) <= set(FORMS):
+        parser.error(f"--forms: native first, then any of {', '.join(FORMS[1:])}")
     model = build_model(args.variant, args.image_size, args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     progress = lambda step: print(step, file=sys.stderr, flush=True)  # noqa: E731
@@ -102,7 +108,7 @@ def main() -> None:
     example = np.random.default_rng(0).standard_normal((1, 3, args.image_size, args.image_size))
     example = example.astype(np.float32)
     for target, precision in pairs:
-        for form in FORMS:
+        for form in args.forms:
             key = f"{target}/{precision}/{form}"
             folder = args.work / key.replace("/", "-")
             if args.rebuild or not (folder / "manifest.json").is_file():
@@ -115,36 +121,44 @@ def main() -> None:
     times = time_round_robin(calls, warmup=3, runs=args.runs, progress=lambda s: None, block=BLOCK)
     rows = []
     for target, precision in pairs:
-        native, depthwise = (f"{target}/{precision}/{form}" for form in FORMS)
+        keys = {form: f"{target}/{precision}/{form}" for form in args.forms}
         rows.append(
             {
                 "target": target,
                 "precision": precision,
-                "native_ms": summarize(times[native], 1)["median_ms"],
-                "depthwise_ms": summarize(times[depthwise], 1)["median_ms"],
-                "ratio": per_round_ratio(times, native, depthwise),
-                "parity": [builds[native].get("status"), builds[depthwise].get("status")],
+                "ms": {form: summarize(times[key], 1)["median_ms"] for form, key in keys.items()},
+                "ratio": {
+                    form: per_round_ratio(times, keys["native"], key)
+                    for form, key in keys.items()
+                    if form != "native"
+                },
+                "parity": {form: builds[key].get("status") for form, key in keys.items()},
             }
         )
     machine = machine_info()
     record = {"machine": machine, "variant": args.variant, "image_size": args.image_size,
               "threads": args.threads, "runs": args.runs, "rows": rows}  # fmt: skip
     load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
+    others = [form for form in args.forms if form != "native"]
     lines = [
         f"Machine: {describe_machine(machine)}; load average {load}; "
         f"ResTv2-{args.variant}@{args.image_size}, batch 1, {args.threads} threads, "
-        f"{args.runs} timed calls per artifact in blocks of {BLOCK}.",
+        f"{args.runs} timed calls per artifact in blocks of {BLOCK}; ratio = the form / "
+        "native, per-round median.",
         "",
-        "| target | precision | native ms | native-depthwise ms | depthwise / native "
-        "(per-round median) | parity (native, depthwise) |",
-        "|---|---|---|---|---|---|",
+        "| target | precision | "
+        + " | ".join(f"{form} ms" for form in args.forms)
+        + " | "
+        + " | ".join(f"{form} / native" for form in others)
+        + " | parity |",
+        "|---|---|" + "---|" * (len(args.forms) + len(others) + 1),
     ]
     for row in rows:
-        parity = ", ".join(map(str, row["parity"]))
-        lines.append(
-            f"| {row['target']} | {row['precision']} | {row['native_ms']:.2f} | "
-            f"{row['depthwise_ms']:.2f} | {row['ratio']:.3f} | {parity} |"
-        )
+        cells = [row["target"], row["precision"]]
+        cells += [f"{row['ms'][form]:.2f}" for form in args.forms]
+        cells += [f"{row['ratio'][form]:.3f}" for form in others]
+        cells.append(", ".join(map(str, row["parity"].values())))
+        lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     if args.json:

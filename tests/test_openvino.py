@@ -45,7 +45,7 @@ def tiny_ir(tiny_artifact) -> Path:
 def test_manifest_describes_the_ir(tiny_ir: Path) -> None:
     manifest = json.loads((tiny_ir / "manifest.json").read_text())
     assert manifest["model_file"] == "model.xml"
-    assert manifest["graph_form"] == "native"
+    assert manifest["graph_form"] == "native-convtranspose"
     assert manifest["export"]["inference_precision"] == "f32"
     assert manifest["export"]["weights"] == "float32"
     assert "openvino" in manifest["versions"]
@@ -53,38 +53,50 @@ def test_manifest_describes_the_ir(tiny_ir: Path) -> None:
     assert "INFERENCE_PRECISION_HINT=f32" in manifest["parity"]["runner"]
 
 
-def grouped_conv_outputs_per_group(xml: Path) -> list[int]:
-    """Output channels per group of every GroupConvolution in the IR (weights G x O x I x kh x kw,
-    read through OpenVINO)."""
+def upsampling_ops(xml: Path) -> dict[str, list[tuple[int, ...]]]:
+    """What the IR's V upsampling is made of, read through OpenVINO: the weight shape of every
+    GroupConvolution and GroupConvolutionBackpropData (G x O x I x kh x kw), and the input
+    shape of every 6-D Transpose (OpenVINO's frontend writes a pixel shuffle as one)."""
     import openvino as ov
 
     model = ov.Core().read_model(str(xml))
-    return [
-        int(op.input(1).get_partial_shape()[1].get_length())
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "GroupConvolution"
-    ]
+    found: dict[str, list[tuple[int, ...]]] = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        port = 0 if kind == "Transpose" else 1
+        if kind not in ("GroupConvolution", "GroupConvolutionBackpropData", "Transpose"):
+            continue
+        shape = tuple(int(d.get_length()) for d in op.input(port).get_partial_shape())
+        if kind != "Transpose" or len(shape) == 6:
+            found.setdefault("PixelShuffle" if kind == "Transpose" else kind, []).append(shape)
+    return found
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_half_precision_upsamples_with_depthwise_convs(tiny_artifact, precision: str) -> None:
-    """fp16/bf16 export the native-depthwise form: every grouped conv has one output per group
-    (the V upsampling included); fp32 keeps the native grouped conv with r*r outputs each."""
+def test_each_precision_upsamples_in_its_measured_form(tiny_artifact, precision: str) -> None:
+    """fp32 exports the native-convtranspose form: each V upsampling is one depthwise
+    deconvolution with a 3r x 3r kernel and no pixel shuffle is left; fp16/bf16 export
+    native-depthwise: every grouped conv has one output per group, then a pixel shuffle."""
     folder, manifest = tiny_artifact("openvino", precision)
-    outputs = grouped_conv_outputs_per_group(folder / "model.xml")
-    upsampling = [
-        ratio * ratio
+    ops = upsampling_ops(folder / "model.xml")
+    ratios = [
+        ratio
         for depth, ratio in zip(TINY_CONFIG["depths"], TINY_CONFIG["sr_ratios"])
         for _ in range(depth)
         if ratio > 1
     ]
-    assert upsampling == [64, 16, 4, 4]
+    assert ratios == [8, 4, 2, 2]
     if precision == "fp16":
         assert manifest.graph_form == "native-depthwise"
-        assert outputs and set(outputs) == {1}
+        assert {shape[1] for shape in ops["GroupConvolution"]} == {1}
+        assert len(ops["PixelShuffle"]) == len(ratios)
+        assert "GroupConvolutionBackpropData" not in ops
     else:
-        assert manifest.graph_form == "native"
-        assert sorted(o for o in outputs if o > 1) == sorted(upsampling)
+        assert manifest.graph_form == "native-convtranspose"
+        kernels = [shape[-2:] for shape in ops["GroupConvolutionBackpropData"]]
+        assert kernels == [(3 * r, 3 * r) for r in ratios]
+        assert "PixelShuffle" not in ops
+        assert {shape[1] for shape in ops["GroupConvolution"]} == {1}
 
 
 def test_ir_is_static_float32_with_named_io(tiny_ir: Path) -> None:

@@ -368,6 +368,7 @@ def test_targets_command_reports_every_descriptor_and_recipe():
         schemes = list(get_recipe(name).schemes) if name in int8_targets() else []
         assert row["int8_schemes"] == schemes
     forms = rows["openvino"]["graph_form_by_precision"]
-    assert forms == {"fp32": "native", "fp16": "native-depthwise", "bf16": "native-depthwise"}
+    half = {"fp16": "native-depthwise", "bf16": "native-depthwise"}
+    assert forms == {"fp32": "native-convtranspose", **half}
     text = CliRunner().invoke(main, ["targets"]).output.splitlines()
     assert [line.split()[0] for line in text] == target_names()
