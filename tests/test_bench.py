@@ -77,6 +77,12 @@ def test_machine_info_names_cpu_and_isa() -> None:
         flags = set(line.split(":", 1)[1].split())
         assert set(info["isa"]) == {f for f in bench.ISA_FLAGS if f in flags}
         assert info["usable_cores"] == len(os.sched_getaffinity(0))
+        family = next((x for x in text.splitlines() if x.startswith("cpu family")), None)
+        if family is not None:  # x86: the family and model that tell CPU generations apart
+            model = next(x for x in text.splitlines() if x.split(":")[0].strip() == "model")
+            expected = f"family {family.split(':')[1].strip()}, model {model.split(':')[1].strip()}"
+            assert info["cpu_id"] == expected
+            assert expected in bench.describe_machine(info)
 
 
 def test_floors_and_rates() -> None:
@@ -88,6 +94,29 @@ def test_floors_and_rates() -> None:
     measured = bench.peak_rates(threads=1, size=128, reps=1)
     assert set(measured) == {"fp32", "bf16", "fp16", "int8"}
     assert measured["fp32"] and measured["fp32"] > 1e6  # even a starved CPU core does 1 MFLOP/s
+
+
+def test_a_dtype_rate_is_its_fastest_kernel() -> None:
+    """Hand-made timings: two fp32 kernels, the second twice as fast; no fp16 kernel."""
+    cases = {name: (lambda: None, 1e9) for name in ("fp32", "fp32-onednn", "int8")}
+    times = {"fp32": [0.02, 0.01], "fp32-onednn": [0.005, 0.006], "int8": [0.001]}
+    rates = bench.rates_from(cases, times)
+    assert rates == {"fp32": pytest.approx(2e11), "bf16": None, "fp16": None, "int8": 1e12}
+
+
+def test_onednn_fp32_gemm_computes_the_product() -> None:
+    """The oneDNN case is a real a @ b (so its rate is a GEMM's), beside torch.mm's."""
+    import torch
+
+    from restv2_edge.bench.floors import _onednn_linear
+
+    a, b = torch.randn(64, 32), torch.randn(32, 48)
+    with torch.inference_mode():
+        call = _onednn_linear(a, b)
+        if call is None:
+            pytest.skip("this torch build has no oneDNN")
+        assert torch.allclose(call().to_dense(), a @ b, atol=1e-4)
+    assert "fp32-onednn" in bench.gemm_cases(64)
 
 
 def test_plot_without_matplotlib_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -77,11 +77,31 @@ def _cpu_model_and_flags() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_id() -> str | None:
+    """x86 ``cpu family`` and ``model`` from /proc/cpuinfo (``family 26, model 2``): a VM
+    that names its CPU only "AMD EPYC" still tells Zen 4 (family 25) from Zen 5 (26)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None
+    found: dict[str, str] = {}
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("cpu family", "model") and key not in found:
+            found[key] = value.strip()
+        if not line.strip() and found:
+            break  # the first processor's block is enough
+    if "cpu family" not in found:
+        return None
+    return f"family {found['cpu family']}, model {found.get('model', '?')}"
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores and ISA flags, OS, Python and the load average right now."""
     model, flags = _cpu_model_and_flags()
     return {
         "cpu": model or platform.processor() or platform.machine(),
+        "cpu_id": cpu_id(),
         "arch": platform.machine(),
         "logical_cpus": os.cpu_count(),
         "usable_cores": usable_cores(),
@@ -119,4 +139,5 @@ def package_versions() -> dict[str, str]:
 def describe_machine(machine: dict[str, Any]) -> str:
     """One line for table captions and docs: CPU, usable cores, ISA flags."""
     isa = ", ".join(machine["isa"]) or "no listed ISA extensions"
-    return f"{machine['cpu']} ({machine['usable_cores']} usable cores; {isa})"
+    ident = f"{machine['cpu_id']}; " if machine.get("cpu_id") else ""
+    return f"{machine['cpu']} ({ident}{machine['usable_cores']} usable cores; {isa})"
