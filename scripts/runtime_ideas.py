@@ -82,6 +82,20 @@ def ov_call(model: Any, config: dict[str, Any], x: np.ndarray) -> Callable[[], A
     return lambda: request.infer({0: x})
 
 
+def both_runtimes(module: Any, x: Any, path: Path, label: str) -> dict[str, Callable[[], Any]]:
+    """A small torch module exported to ONNX (run by onnxruntime) and converted by OpenVINO
+    (run at f32), as two timing calls on ``x``."""
+    import openvino as ov
+    import torch
+
+    torch.onnx.export(module.eval(), (x,), str(path), dynamo=True, external_data=False)
+    converted = ov.convert_model(module.eval(), example_input=x, input=[list(x.shape)])
+    return {
+        f"onnxruntime {label}": ort_call(ort_session(str(path)), x.numpy()),
+        f"openvino {label}": ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x.numpy()),
+    }
+
+
 # -- subcommands -----------------------------------------------------------------------------
 
 
@@ -359,7 +373,6 @@ def upsample(args: argparse.Namespace) -> None:
     """EMSA's V upsampling (3x3 conv, r*r outputs per channel, pixel shuffle, to tokens) of
     each T stage, against one depthwise ConvTranspose (stride r, kernel 3r, padding r) that
     computes the same map with no pixel shuffle, alone in onnxruntime and OpenVINO."""
-    import openvino as ov
     import torch
     import torch.nn.functional as F
 
@@ -389,13 +402,7 @@ def upsample(args: argparse.Namespace) -> None:
         print(f"C={channels} r={r}: max |difference| {difference:.1e}")
         for name, module in (("shuffle", Shuffle()), ("conv-transpose", Transposed())):
             label = f"C{channels} r{r} {name}"
-            path = work / f"{label.replace(' ', '-')}.onnx"
-            torch.onnx.export(module.eval(), (x,), str(path), dynamo=True, external_data=False)
-            calls[f"onnxruntime {label}"] = ort_call(ort_session(str(path)), x.numpy())
-            converted = ov.convert_model(module.eval(), example_input=x, input=[list(x.shape)])
-            calls[f"openvino {label}"] = ov_call(
-                converted, {"INFERENCE_PRECISION_HINT": "f32"}, x.numpy()
-            )
+            calls.update(both_runtimes(module, x, work / f"{label.replace(' ', '-')}.onnx", label))
     times = time_round_robin(calls, warmup=3, runs=args.runs, progress=lambda s: None, block=BLOCK)
     for name in calls:
         if name.endswith("conv-transpose"):
@@ -409,7 +416,6 @@ def upsample(args: argparse.Namespace) -> None:
 
 def conv(args: argparse.Namespace) -> None:
     """A patch-embedding conv (3x3, stride 2, 64 -> 128 on 56x56) three ways, alone."""
-    import openvino as ov
     import torch
     import torch.nn.functional as F
 
@@ -440,13 +446,7 @@ def conv(args: argparse.Namespace) -> None:
     calls = {}
     for name, module in (("direct", Direct()), ("im2col+1x1", Im2colConv()),
                          ("im2col+matmul", Im2colMatmul())):  # fmt: skip
-        path = work / f"{name}.onnx"
-        torch.onnx.export(module.eval(), (x,), str(path), dynamo=True, external_data=False)
-        calls[f"onnxruntime {name}"] = ort_call(ort_session(str(path)), x.numpy())
-        converted = ov.convert_model(module.eval(), example_input=x, input=[list(x.shape)])
-        calls[f"openvino {name}"] = ov_call(
-            converted, {"INFERENCE_PRECISION_HINT": "f32"}, x.numpy()
-        )
+        calls.update(both_runtimes(module, x, work / f"{name}.onnx", name))
     report(calls, args.runs)
 
 
