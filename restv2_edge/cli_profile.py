@@ -39,6 +39,8 @@ def _print(report: dict[str, Any], out: Any) -> None:
         f"sum {check['sum_ms']:.2f} ms vs end-to-end {e2e['median_ms']:.2f} ms (median of "
         f"{e2e['runs']} normal calls): ratio {check['ratio']:.2f}"
     )
+    if check.get("round_ratios"):
+        line += f" (median over {len(check['round_ratios'])} rounds of the round's ratio)"
     if check["within"]:
         out.print(f"{line}, within +-{check['tolerance']:.0%}")
     else:
