@@ -385,7 +385,8 @@ DESCRIPTOR = TargetDescriptor(
     # fp16: the device's native half type; bf16: bf16 pinned (docs/precision.md)
     precisions=("fp32", "fp16", "bf16"),
     default_precision="fp32",
-    # Measured (docs/graph-forms.md): OpenVINO fuses native LayerNorm (MVN) and 4-D MatMul.
+    # Measured (docs/graph-forms.md): OpenVINO fuses native LayerNorm (MVN) and 4-D MatMul,
+    # and runs the V upsampling fastest as one depthwise deconvolution.
     graph_form="native-convtranspose",
     suffix=".xml",
     converter=CONVERTER,

@@ -233,8 +233,9 @@ def convtranspose_filters(weight: torch.Tensor, r: int) -> torch.Tensor:
 
 def convtranspose_bias(bias: torch.Tensor, r: int, width: int) -> torch.Tensor:
     """The upsampling conv's bias, one per (c, i, j) (a transposed conv's own bias is one
-    per c), as the (1, C, 1, r*width*r) rows it adds to the output map viewed as
-    (B, C, h, (i, x, j)): one output row pair per reduced row, not a whole map of constants."""
+    per c), as a (1, C, 1, r*width*r) constant added to the output map viewed as
+    (B, C, h, (i, x, j)): one row of values per channel, broadcast over the h reduced rows,
+    not a whole (C, H, W) map of constants."""
     per_phase = bias.reshape(-1, r, 1, r).repeat(1, 1, width, 1)  # (c, i, x, j)
     return per_phase.flatten(1).unsqueeze(0).unsqueeze(2)
 

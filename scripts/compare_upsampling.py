@@ -12,8 +12,8 @@ Reported: each form's median and its per-round ratio to native (median over roun
 machine drifting in speed cancels out).
 
     python scripts/compare_upsampling.py --work /tmp/upsampling --runs 60 \\
-        --pairs openvino/fp32,openvino/fp16,openvino/bf16,openvino/int8,onnx/fp32 \\
-        --markdown docs/benchmarks/upsampling.md
+        --pairs openvino/fp32,openvino/fp16,openvino/bf16,openvino/int8,onnx/fp32,onnx/int8,\\
+litert/fp32 --markdown docs/benchmarks/upsampling.md --json docs/benchmarks/upsampling.json
 """
 
 from __future__ import annotations

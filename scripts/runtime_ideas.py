@@ -16,6 +16,7 @@ only exists per process (``hugepages``), which alternates fresh processes.
         --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py onnx-shuffle $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
     python scripts/runtime_ideas.py upsample
+    python scripts/runtime_ideas.py gemm
     python scripts/runtime_ideas.py conv
 """
 
@@ -414,6 +415,33 @@ def upsample(args: argparse.Namespace) -> None:
             )
 
 
+def gemm(args: argparse.Namespace) -> None:
+    """One fp32 1024^3 GEMM through each kernel at hand (the floors' torch.mm and oneDNN
+    cases, numpy's BLAS, OpenVINO's FullyConnected), interleaved: GFLOP/s from the best call."""
+    import openvino as ov
+    import torch
+
+    from restv2_edge.bench.floors import gemm_cases
+
+    torch.set_num_threads(THREADS)
+    size = 1024
+    cases = gemm_cases(size)
+    a, b = np.random.default_rng(0).standard_normal((2, size, size)).astype(np.float32)
+    layer = torch.nn.Linear(size, size, bias=False).eval().requires_grad_(False)
+    layer.weight.copy_(torch.from_numpy(b.T.copy()))
+    converted = ov.convert_model(layer, example_input=torch.from_numpy(a))
+    calls = {
+        "torch.mm (floors 'fp32')": cases["fp32"][0],
+        "torch.utils.mkldnn linear (floors 'fp32-onednn')": cases["fp32-onednn"][0],
+        "numpy matmul": lambda: a @ b,
+        "OpenVINO FullyConnected (f32)": ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, a),
+    }
+    with torch.inference_mode():
+        times = time_round_robin(calls, warmup=3, runs=args.runs, progress=lambda s: None)
+    for name, seconds in times.items():
+        print(f"{name:50s} {2.0 * size**3 / min(seconds) / 1e9:6.0f} GFLOP/s (best call)")
+
+
 def conv(args: argparse.Namespace) -> None:
     """A patch-embedding conv (3x3, stride 2, 64 -> 128 on 56x56) three ways, alone."""
     import torch
@@ -462,6 +490,7 @@ def main() -> None:
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
         ("upsample", upsample, []),
+        ("gemm", gemm, []),
         ("conv", conv, []),
     ):
         command = sub.add_parser(name, help=func.__doc__.splitlines()[0])

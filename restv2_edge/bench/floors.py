@@ -3,9 +3,9 @@
 The peak is what torch reaches on a large GEMM with the same thread count (fp32: the faster
 of ``torch.mm`` and oneDNN's inner product through ``torch.utils.mkldnn``; bf16/fp16 matmul;
 int8 ``torch._int_mm``), so a row's distance from its floor says how much of the machine its
-runtime uses. fp32 needs both: on an AMD Zen 5 CPU ``torch.mm`` (MKL) reached 190 GFLOP/s on
-2 threads and oneDNN 380 (docs/graph-forms.md), so one alone can put the "floor" above what
-the runtimes achieve.
+runtime uses. fp32 needs both: on an AMD Zen 5 CPU ``torch.mm`` (MKL) reaches about half of
+oneDNN's rate (``scripts/runtime_ideas.py gemm``, docs/graph-forms.md), so it alone can put
+the "floor" above what the runtimes achieve.
 """
 
 from __future__ import annotations
