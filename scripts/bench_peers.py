@@ -9,12 +9,15 @@ tensor randomized, seed ``--seed``, unless ``--weights`` is given):
 - time phase: those artifacts opened through their runners, every descriptor's peers built
   from the independent official-structure model (tests/reference_restv2.py) with the same
   weights, each row checked against that model on the shared photos, all rows and the GEMMs
-  behind the floors timed interleaved in one process; then peers.json, peers.md, peers.png.
+  behind the floors timed interleaved in one process; then the machine's report files,
+  docs/benchmarks/peers-KIND.json, .md and .png (KIND: ``machine.cpu_kind``, e.g. zen5,
+  intel-amx), unless ``--json``/``--markdown``/``--plot`` say otherwise (``none``: not
+  written). scripts/peers_summary.py then sets every machine's goals side by side.
 
     python scripts/bench_peers.py --variant T --image-size 224 --work exports/peers-T-224 \\
         --phase build          # ahead of time, any machine load
     python scripts/bench_peers.py --variant T --image-size 224 --work exports/peers-T-224 \\
-        --phase time           # on a quiet machine: writes docs/benchmarks/peers.*
+        --phase time           # on a quiet machine: writes docs/benchmarks/peers-KIND.*
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from restv2_edge.publish import optional_report_arg  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks"
 PHASES = ("build", "time", "all")
+REPORT_SUFFIXES = {"json": "json", "markdown": "md", "plot": "png"}
+#: ``--json none`` and the like: that report is not written
+NO_REPORT = False
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -74,6 +80,12 @@ def _count(low: int) -> Any:
         return number
 
     return parse
+
+
+def _report_option(value: str) -> Path | bool:
+    """A checked report path, or NO_REPORT for ``none``."""
+    path = optional_report_arg(value)
+    return NO_REPORT if path is None else path
 
 
 def _existing_file(value: str) -> Path:
@@ -135,7 +147,7 @@ def _process_lines(report: dict[str, Any]) -> list[str]:
     for goal in report["goals"]:
         name = goal["goal"]
         values = [g["value"] for p in processes for g in p["goals"] if g["goal"] == name]
-        shown = ", ".join(_fmt(v, _digits(goal)) for v in values)
+        shown = ", ".join(_fmt(v, lib.value_format(goal)) for v in values)
         lines.append(f"  - {goal['goal']}: {shown}")
     return lines
 
@@ -162,11 +174,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--gemm-size", type=_count(64), default=1024)
     add("--merge", type=_existing_file, nargs="+", default=None, metavar="JSON",
         help="merge the peers.json of separate timing runs (median per row)")  # fmt: skip
-    add("--json", type=optional_report_arg, default=DOCS / "peers.json", help="or none")
-    add("--markdown", type=optional_report_arg, default=DOCS / "peers.md", help="or none")
-    add("--plot", type=optional_report_arg, default=DOCS / "peers.png", help="or none")
+    for name in REPORT_SUFFIXES:
+        add(f"--{name}", type=_report_option, default=None, help="or none (default peers-KIND)")
     args = parser.parse_args(argv)
-    if args.plot is not None:
+    if args.plot is not NO_REPORT:
         from restv2_edge.bench.report import check_matplotlib
 
         try:
@@ -249,11 +260,6 @@ def _fmt(value: Any, spec: str) -> str:
 def _rounds(report: dict[str, Any]) -> int:
     """How many timing rounds a row has (every process's, in a merged report)."""
     return max((len(row.get("rounds_ms") or []) for row in report["rows"]), default=0)
-
-
-def _digits(goal: dict[str, Any]) -> str:
-    """Cosines need six digits to be told from their 0.999 limit; ratios three."""
-    return ".6g" if "cosine" in goal["goal"] else ".3g"
 
 
 def row_cells(row: dict[str, Any], peers_of: dict[tuple[str, str], float]) -> list[str]:
@@ -340,7 +346,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|",
     ]
     for goal in report["goals"]:
-        cells = [goal["goal"], _fmt(goal["value"], _digits(goal)), f"{goal['limit']:g}"]
+        cells = [goal["goal"], _fmt(goal["value"], lib.value_format(goal)), f"{goal['limit']:g}"]
         lines.append(_table_line([*cells, lib.margin_text(goal), goal["detail"]]))
     lines += [
         "",
@@ -414,20 +420,33 @@ def plot(report: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def report_paths(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Path]:
+    """The report files to write: each given path, or docs/benchmarks/peers-KIND.SUFFIX for
+    the machine the report was measured on (``none``: that file is not written)."""
+    from restv2_edge.bench.machine import cpu_kind
+
+    paths = {}
+    for name, suffix in REPORT_SUFFIXES.items():
+        given = getattr(args, name)
+        if given is not NO_REPORT:
+            paths[name] = given or DOCS / f"peers-{cpu_kind(machine)}.{suffix}"
+    return paths
+
+
 def write_outputs(args: argparse.Namespace, report: dict[str, Any], command: str) -> None:
     from restv2_edge.publish import staged_file, write_report
 
-    if args.json:
-        write_report(args.json, json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        write_report(args.markdown, markdown(report, command))
-    if args.plot:
+    paths = report_paths(args, report["machine"])
+    if "json" in paths:
+        write_report(paths["json"], json.dumps(report, indent=2) + "\n")
+    if "markdown" in paths:
+        write_report(paths["markdown"], markdown(report, command))
+    if "plot" in paths:
         png = plot(report)
-        with staged_file(args.plot, force=True) as tmp:
+        with staged_file(paths["plot"], force=True) as tmp:
             tmp.write_bytes(png)
-    for path in (args.json, args.markdown, args.plot):
-        if path:
-            progress(f"wrote {path}")
+    for path in paths.values():
+        progress(f"wrote {path}")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -502,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     report.setdefault("command", command)
     write_outputs(args, report, command)
     for goal in report["goals"]:
-        print(f"{goal['goal']}: {_fmt(goal['value'], _digits(goal))} -> {lib.margin_text(goal)}")
+        value = _fmt(goal["value"], lib.value_format(goal))
+        print(f"{goal['goal']}: {value} -> {lib.margin_text(goal)}")
     return 0
 
 

@@ -11,6 +11,7 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py ort-options $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
     python scripts/runtime_ideas.py ov-options $A/openvino-fp32/model.xml $A/openvino-fp16/model.xml
     python scripts/runtime_ideas.py ov-precision-marks $A/openvino-fp16/model.xml
+    python scripts/runtime_ideas.py ov-int8-hint $A/openvino-int8/model.xml
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy
@@ -149,6 +150,28 @@ def ov_options(args: argparse.Namespace) -> None:
         print(Path(path).parent.name)
         model = ov.Core().read_model(path)
         report({k: ov_call(model, v, x) for k, v in variants.items()}, args.runs)
+
+
+def ov_int8_hint(args: argparse.Namespace) -> None:
+    """OpenVINO int8 IRs with their float ops (LayerNorm, GELU, softmax, the depthwise and
+    transposed convs) at f32, bf16 or the CPU default, and how far bf16 moves the logits."""
+    import openvino as ov
+
+    x = example()
+    for path in args.models:
+        model = ov.Core().read_model(path)
+        calls = {
+            f"{Path(path).parent.name} {name}": ov_call(model, config, x)
+            for name, config in (
+                ("f32", {"INFERENCE_PRECISION_HINT": "f32"}),
+                ("bf16", {"INFERENCE_PRECISION_HINT": "bf16"}),
+                ("default", {}),
+            )
+        }
+        f32, bf16 = (np.asarray(next(iter(c().values()))).ravel() for c in list(calls.values())[:2])
+        cos = float(f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16))
+        print(f"{Path(path).parent.name}: logits cosine bf16 vs f32 {cos:.6f}")
+        report(calls, args.runs)
 
 
 def ov_precision_marks(args: argparse.Namespace) -> None:
@@ -486,6 +509,7 @@ def main() -> None:
         ("ort-options", ort_options, ["models"]),
         ("ov-options", ov_options, ["models"]),
         ("ov-precision-marks", ov_precision_marks, ["model"]),
+        ("ov-int8-hint", ov_int8_hint, ["models"]),
         ("hugepages", hugepages, ["model"]),
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),

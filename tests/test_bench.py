@@ -85,6 +85,19 @@ def test_machine_info_names_cpu_and_isa() -> None:
             assert expected in bench.describe_machine(info)
 
 
+def test_cpu_kind_names_the_machines_seen() -> None:
+    from restv2_edge.bench.machine import cpu_kind
+
+    amx = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_id": "family 6, model 143",
+           "isa": ["avx512f", "amx_tile", "amx_int8"]}  # fmt: skip
+    zen5 = {"cpu": "AMD EPYC", "cpu_id": "family 26, model 2", "isa": ["avx512f"]}
+    zen4 = {"cpu": "AMD EPYC 9R14", "cpu_id": "family 25, model 17", "isa": ["avx512f"]}
+    zen3 = {"cpu": "AMD EPYC 7R13", "cpu_id": "family 25, model 1", "isa": ["avx2"]}
+    assert [cpu_kind(m) for m in (amx, zen5, zen4)] == ["intel-amx", "zen5", "zen4"]
+    assert cpu_kind(zen3) == "amd-epyc-7r13-family-25-model-1"
+    assert cpu_kind({"cpu": "", "cpu_id": None, "isa": []}) == "unknown"
+
+
 def test_floors_and_rates() -> None:
     rates = {"fp32": 1e11, "bf16": 4e11, "fp16": 2e11, "int8": 8e11}
     assert bench.rate_for("fp16", rates) == ("bf16", 4e11)

@@ -145,6 +145,7 @@ def test_separate_runs_merge_into_medians_and_keep_each_runs_goals() -> None:
     assert merged["peak_rates"] == {"fp32": 2e11, "int8": None}
     assert merged["settings"]["processes"] == 3
     assert [p["command"] for p in merged["processes"]] == ["run 8.0", "run 9.0", "run 5.0"]
+    assert "command" not in merged  # the merge's own command is the script's to record
     other = report(8.0, 10.0, 1e11)
     other["model"] = {"weights": {"sha256": "y"}, "macs": 10**9}
     with pytest.raises(DataError, match="different weights"):
@@ -297,6 +298,13 @@ def test_script_refuses_bad_options_in_one_line(tmp_path, capsys) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+def test_reports_default_to_the_machine_they_were_measured_on(tmp_path) -> None:
+    script = _script()
+    args = script.parse_args(["--markdown", "none", "--json", str(tmp_path / "r.json")])
+    paths = script.report_paths(args, {"cpu": "AMD EPYC", "cpu_id": "family 26, model 2"})
+    assert paths == {"json": tmp_path / "r.json", "plot": script.DOCS / "peers-zen5.png"}
+
+
 @pytest.mark.slow
 def test_every_target_builds_and_its_peers_run(tiny_checkpoint, tmp_path) -> None:
     """The whole pipeline on the tiny model: every installed target and precision exported,
@@ -317,3 +325,66 @@ def test_every_target_builds_and_its_peers_run(tiny_checkpoint, tmp_path) -> Non
         assert row["status"] == "ok" or row["error"]
         if row["status"] == "ok" and row["class"] == "fp32":
             assert row["accuracy"]["max_abs_diff"] <= 1e-3, row
+
+
+def _summary_script():
+    spec = importlib.util.spec_from_file_location(
+        "peers_summary", ROOT / "scripts" / "peers_summary.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) -> None:
+    """Two hand-made machine reports: a goal both pass, one only the first passes, one only
+    the second measured; each machine's page is linked from the summary's folder."""
+
+    def machine_report(cpu: str, project_ms: float, extra: list) -> dict:
+        rows = [_row("project", "a", "fp32", project_ms), _row("peer", "a", "fp32", 10.0)]
+        rows += extra
+        return {
+            "model": {"variant": "T", "image_size": [224, 224]},
+            "machine": {"cpu": cpu, "isa": ["avx2"], "usable_cores": 2, "logical_cpus": 2},
+            "floors": {"fp32": {"ms": 4.0}},
+            "goals": lib.goals(rows),
+        }
+
+    int8_rows = [_row("project", "a", "int8", 2.0)]
+    first = machine_report("CPU one", 8.0, [])
+    second = machine_report("CPU two", 9.0, int8_rows)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    paths = []
+    for name, report in (("one", first), ("two", second)):
+        paths.append(pages / f"peers-{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    out = tmp_path / "summary.md"
+    script = _summary_script()
+    assert script.main([*map(str, paths), "--markdown", str(out)]) == 0
+    lines = {line.split(" | ")[0]: line for line in out.read_text().splitlines()}
+    assert lines["| a fp32 <= 0.85x its peer"].endswith("| no |")  # 0.8 pass, 0.9 miss
+    assert "0.8: pass (5.9% below the limit)" in lines["| a fp32 <= 0.85x its peer"]
+    int8 = lines["| a int8 >= 2x its own fp32"]
+    assert "| not measured |" in int8 and int8.endswith("| not on every machine |")
+    text = out.read_text()
+    assert "[peers-one.md](pages/peers-one.md)" in text and "CPU two" in text
+
+    capsys.readouterr()
+    second["model"]["variant"] = "S"
+    paths[1].write_text(json.dumps(second))
+    paths.append(tmp_path / "broken.json")
+    paths[-1].write_text("{")
+    for args, fragment in (
+        ([str(paths[0]), str(paths[1])], "different models"),
+        ([str(paths[2])], "not a peers report"),
+        ([str(tmp_path / "missing.json")], "no such file"),
+    ):
+        out.unlink(missing_ok=True)
+        try:
+            code = script.main([*args, "--markdown", str(out)])
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code != 0 and not out.exists()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -94,6 +95,21 @@ def cpu_id() -> str | None:
     if "cpu family" not in found:
         return None
     return f"family {found['cpu family']}, model {found.get('model', '?')}"
+
+
+def cpu_kind(machine: dict[str, Any]) -> str:
+    """A short name for the CPU kind of a ``machine_info`` record, for per-machine report
+    files: ``intel-amx``, ``zen5``, ``zen4``, else the CPU name and id as a slug."""
+    isa, name = set(machine.get("isa") or []), str(machine.get("cpu") or "")
+    family = (machine.get("cpu_id") or "").partition(",")[0].removeprefix("family ").strip()
+    if "amx_tile" in isa:
+        return "intel-amx"
+    if "AMD" in name and family == "26":
+        return "zen5"
+    if "AMD" in name and family == "25" and "avx512f" in isa:
+        return "zen4"
+    words = re.findall(r"[a-z0-9]+", f"{name} {machine.get('cpu_id') or ''}".lower())
+    return "-".join(w for w in words if w not in ("r", "tm", "processor", "cpu")) or "unknown"
 
 
 def machine_info() -> dict[str, Any]:

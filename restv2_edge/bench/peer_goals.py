@@ -151,6 +151,11 @@ def _accuracy_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def value_format(goal: dict[str, Any]) -> str:
+    """Cosines need six digits to be told from their 0.999 limit; ratios three."""
+    return ".6g" if "cosine" in goal["goal"] else ".3g"
+
+
 def margin_text(goal: dict[str, Any]) -> str:
     """``pass (12.0% below the limit)``, ``miss (8.0% above the limit)``, ``not measured``."""
     if goal["margin"] is None:

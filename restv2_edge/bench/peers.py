@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from restv2_edge.bench.peer_goals import goals, margin_text  # noqa: F401 (the report's API)
+from restv2_edge.bench.peer_goals import (  # noqa: F401 (the report's API)
+    goals,
+    margin_text,
+    value_format,
+)
 from restv2_edge.bench.timing import (
     BLOCK,
     ORDER,
@@ -491,7 +495,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         rates[name] = float(np.median(values)) if None not in values else None
     processes = [{"command": r.get("command"), "goals": r["goals"]} for r in reports]
     return {
-        **first,
+        **{key: value for key, value in first.items() if key != "command"},
         "machine": first["machine"],
         "settings": {**first["settings"], "processes": len(reports)},
         "peak_rates": rates,
