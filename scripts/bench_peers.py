@@ -389,15 +389,18 @@ def plot(report: dict[str, Any]) -> bytes:
     top = 1.2 * max((row["ms"] for row in rows), default=1.0)
     styles = {"fp32": "--", "half": "-.", "int8": ":"}
     off_scale = []
-    for name, floor in report["floors"].items():
+    label_y = -top  # labels at least 4 % of the axis apart, so close floors stay readable
+    floors = sorted(report["floors"].items(), key=lambda item: item[1]["ms"] or 0.0)
+    for name, floor in floors:
         if not floor["ms"]:
             continue
         if floor["ms"] > top:
             off_scale.append(f"{name} floor {floor['ms']:.1f} ms")
             continue
         ax.axhline(floor["ms"], linestyle=styles[name], color="tab:red", linewidth=1)
+        label_y = max(floor["ms"], label_y + 0.04 * top)
         # labelled outside the plot, right of it, where no bar can hide them
-        ax.annotate(f"{name} floor\n{floor['ms']:.1f} ms", (1.005, floor["ms"]),
+        ax.annotate(f"{name} floor {floor['ms']:.1f} ms", (1.005, label_y),
                     xycoords=("axes fraction", "data"), ha="left", va="center", fontsize=7,
                     color="tab:red", annotation_clip=False)  # fmt: skip
     ax.set_ylim(0, top)
