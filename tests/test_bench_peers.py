@@ -28,10 +28,8 @@ from restv2_edge.manifest import MANIFEST_NAME
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "bench_peers", ROOT / "scripts" / "bench_peers.py"
-    )
+def _script(name: str = "bench_peers"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -327,15 +325,6 @@ def test_every_target_builds_and_its_peers_run(tiny_checkpoint, tmp_path) -> Non
             assert row["accuracy"]["max_abs_diff"] <= 1e-3, row
 
 
-def _summary_script():
-    spec = importlib.util.spec_from_file_location(
-        "peers_summary", ROOT / "scripts" / "peers_summary.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) -> None:
     """Two hand-made machine reports: a goal both pass, one only the first passes, one only
     the second measured; each machine's page is linked from the summary's folder."""
@@ -360,7 +349,7 @@ def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) 
         paths.append(pages / f"peers-{name}.json")
         paths[-1].write_text(json.dumps(report))
     out = tmp_path / "summary.md"
-    script = _summary_script()
+    script = _script("peers_summary")
     assert script.main([*map(str, paths), "--markdown", str(out)]) == 0
     lines = {line.split(" | ")[0]: line for line in out.read_text().splitlines()}
     assert lines["| a fp32 <= 0.85x its peer"].endswith("| no |")  # 0.8 pass, 0.9 miss
