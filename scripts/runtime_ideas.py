@@ -17,6 +17,7 @@ only exists per process (``hugepages``), which alternates fresh processes.
         --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py onnx-shuffle $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
     python scripts/runtime_ideas.py upsample
+    python scripts/runtime_ideas.py litert-runtime $A/litert-fp32/model.tflite
     python scripts/runtime_ideas.py gemm
     python scripts/runtime_ideas.py conv
 """
@@ -135,17 +136,20 @@ def ort_options(args: argparse.Namespace) -> None:
 
 
 def ov_options(args: argparse.Namespace) -> None:
-    """OpenVINO CPU properties on each IR (fp32 IRs pinned to f32, the others at default)."""
+    """OpenVINO CPU properties on each IR (fp32 and int8 IRs pinned to f32 as their runner
+    does, the others at the CPU default)."""
     import openvino as ov
 
     x = example()
     for path in args.models:
-        hint = {"INFERENCE_PRECISION_HINT": "f32"} if "fp32" in path else {}
+        pinned = "fp32" in path or "int8" in path
+        hint = {"INFERENCE_PRECISION_HINT": "f32"} if pinned else {}
         variants = {
             "default": hint,
             "PERFORMANCE_HINT=LATENCY": {**hint, "PERFORMANCE_HINT": "LATENCY"},
             "ENABLE_CPU_PINNING=True": {**hint, "ENABLE_CPU_PINNING": True},
             "ENABLE_CPU_PINNING=False": {**hint, "ENABLE_CPU_PINNING": False},
+            "SNIPPETS_MODE=DISABLE": {**hint, "SNIPPETS_MODE": "DISABLE"},
         }
         print(Path(path).parent.name)
         model = ov.Core().read_model(path)
@@ -438,6 +442,46 @@ def upsample(args: argparse.Namespace) -> None:
             )
 
 
+def litert_runtime(args: argparse.Namespace) -> None:
+    """A .tflite through the LiteRT Interpreter (the runner's, XNNPACK delegate) and through
+    LiteRT's CompiledModel API on the CPU (XNNPACK; YNNPACK where the build has it)."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.options import CpuOptions, Options
+
+    x = example()
+    interpreter = Interpreter(model_path=args.model, num_threads=THREADS)
+    interpreter.allocate_tensors()
+    first_in = interpreter.get_input_details()[0]["index"]
+    first_out = interpreter.get_output_details()[0]
+
+    def interpreted() -> Any:
+        interpreter.set_tensor(first_in, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(first_out["index"])
+
+    calls = {"Interpreter": interpreted}
+    size = int(np.prod(first_out["shape"]))
+    for name, ynnpack in (("CompiledModel", False), ("CompiledModel, YNNPACK", True)):
+        options = Options(cpu_options=CpuOptions(num_threads=THREADS, enable_ynnpack=ynnpack))
+        try:
+            model = CompiledModel.from_file(args.model, options=options)
+        except RuntimeError as exc:
+            print(f"{name}: does not compile ({str(exc).splitlines()[0]})")
+            continue
+        inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+
+        def compiled(model: Any = model, inputs: Any = inputs, outputs: Any = outputs) -> Any:
+            inputs[0].write(x)
+            model.run_by_index(0, inputs, outputs)
+            return outputs[0].read(size, np.float32)
+
+        difference = np.abs(compiled().ravel() - interpreted().ravel()).max()
+        print(f"{name}: max |dlogit| vs Interpreter {difference:.1e}")
+        calls[name] = compiled
+    report(calls, args.runs)
+
+
 def gemm(args: argparse.Namespace) -> None:
     """One fp32 1024^3 GEMM through each kernel at hand (the floors' torch.mm and oneDNN
     cases, numpy's BLAS, OpenVINO's FullyConnected), interleaved: GFLOP/s from the best call."""
@@ -514,6 +558,7 @@ def main() -> None:
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
         ("upsample", upsample, []),
+        ("litert-runtime", litert_runtime, ["model"]),
         ("gemm", gemm, []),
         ("conv", conv, []),
     ):
