@@ -45,13 +45,32 @@ def count_macs(model: ResTV2) -> dict[str, int]:
         "head": "head",
     }
     totals = dict.fromkeys(["stage1", "stage2", "stage3", "stage4", "head"], 0)
+    return _tally(model, totals, lambda name, module: part_of.get(name.split(".", 1)[0]))
+
+
+def count_macs_by_op(model: ResTV2) -> dict[str, int]:
+    """MACs of one image by kind of op: ``linear`` (the GEMMs of every linear layer),
+    ``conv`` (dense and depthwise convolutions), ``attention`` (q @ k^T and attn @ v), so a
+    profile's per-kernel time can be read as a rate."""
+    kinds = ((nn.Linear, "linear"), (nn.Conv2d, "conv"), (Attention, "attention"))
+    return _tally(
+        model,
+        {"linear": 0, "conv": 0, "attention": 0},
+        lambda name, module: next(kind for cls, kind in kinds if isinstance(module, cls)),
+    )
+
+
+def _tally(model: ResTV2, totals: dict[str, int], key_of: Any) -> dict[str, int]:
+    """One forward pass of a zero image, each conv/linear/attention module's MACs added to
+    ``totals[key_of(name, module)]`` (skipped where that is None)."""
     handles = []
     for name, module in model.named_modules():
-        top = name.split(".", 1)[0]
-        if top in part_of and isinstance(module, (nn.Conv2d, nn.Linear, Attention)):
+        counted = isinstance(module, (nn.Conv2d, nn.Linear, Attention))
+        key = key_of(name, module) if counted else None
+        if key is not None:
 
-            def hook(mod, inputs, output, part=part_of[top]):
-                totals[part] += _module_macs(mod, inputs, output)
+            def hook(mod, inputs, output, key=key):
+                totals[key] += _module_macs(mod, inputs, output)
 
             handles.append(module.register_forward_hook(hook))
     try:

@@ -12,6 +12,7 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py ov-options $A/openvino-fp32/model.xml $A/openvino-fp16/model.xml
     python scripts/runtime_ideas.py ov-precision-marks $A/openvino-fp16/model.xml
     python scripts/runtime_ideas.py ov-int8-hint $A/openvino-int8/model.xml
+    python scripts/runtime_ideas.py ov-kernels $A/openvino-int8/model.xml --runs 20
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy
@@ -43,6 +44,14 @@ from restv2_edge.bench.timing import BLOCK, per_round_ratio, summarize, time_rou
 
 THREADS = 2
 SIZE = 224
+
+
+def linear_macs(variant: str = "T", size: int = SIZE) -> int:
+    """The MACs of the model's linear layers (restv2_edge.complexity)."""
+    from restv2_edge.complexity import count_macs_by_op
+    from restv2_edge.factory import create_model
+
+    return count_macs_by_op(create_model(variant=variant, image_size=size))["linear"]
 
 
 def example(channels: int = 3, size: int = SIZE) -> np.ndarray:
@@ -176,6 +185,49 @@ def ov_int8_hint(args: argparse.Namespace) -> None:
         cos = float(f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16))
         print(f"{Path(path).parent.name}: logits cosine bf16 vs f32 {cos:.6f}")
         report(calls, args.runs)
+
+
+def ov_kernels(args: argparse.Namespace) -> None:
+    """OpenVINO performance counters by node type and the kernel the CPU plugin picked
+    (exec_type: brgemm_avx512_amx_I8, jit_avx512_f32...), and the slowest nodes; the IR
+    compiled as its runner does (fp32 and int8 pinned to f32)."""
+    import collections
+
+    import openvino as ov
+
+    x = example()
+    pinned = "fp32" in args.model or "int8" in args.model
+    config = {"INFERENCE_NUM_THREADS": THREADS, "PERF_COUNT": True}
+    if pinned:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(ov.Core().read_model(args.model), "CPU", config)
+    request = compiled.create_infer_request()
+    for _ in range(3):
+        request.infer({0: x})
+    by_kernel: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    by_node: dict[tuple[str, str], float] = collections.defaultdict(float)
+    for _ in range(args.runs):
+        request.infer({0: x})
+        for info in request.profiling_info:
+            if info.status.name != "EXECUTED":
+                continue
+            ms = info.real_time.total_seconds() * 1e3 / args.runs
+            entry = by_kernel[(info.node_type, info.exec_type)]
+            entry[0] += ms
+            entry[1] += 1 / args.runs
+            by_node[(info.node_name, info.exec_type)] += ms
+    print(f"{Path(args.model).parent.name}: {sum(v[0] for v in by_kernel.values()):.2f} ms in all")
+    for (kind, kernel), (ms, count) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {kind:30s} {kernel:28s} x{round(count):<4d} {ms:7.3f} ms")
+    linear_ms = sum(v[0] for (kind, _), v in by_kernel.items() if kind.startswith("FullyConn"))
+    macs = linear_macs()
+    print(
+        f"FullyConnected: {macs / 1e9:.2f} G MACs (T@{SIZE}'s linear layers) in {linear_ms:.2f} ms"
+        f" = {2 * macs / linear_ms / 1e9:.2f} TOP/s"
+    )
+    print("slowest nodes:")
+    for (name, kernel), ms in sorted(by_node.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"  {ms:6.3f} ms  {kernel:28s} {name}")
 
 
 def ov_precision_marks(args: argparse.Namespace) -> None:
@@ -554,6 +606,7 @@ def main() -> None:
         ("ov-options", ov_options, ["models"]),
         ("ov-precision-marks", ov_precision_marks, ["model"]),
         ("ov-int8-hint", ov_int8_hint, ["models"]),
+        ("ov-kernels", ov_kernels, ["model"]),
         ("hugepages", hugepages, ["model"]),
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
@@ -570,6 +623,7 @@ def main() -> None:
             command.add_argument("models", nargs="+")
         command.add_argument("--runs", type=int, default=40)
     sub.choices["drift"].add_argument("--blocks", type=int, default=8)
+    sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
     sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     sub.choices["onnx-int8"].add_argument("--calibration", required=True, help="inputs.npy")

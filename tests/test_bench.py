@@ -308,6 +308,28 @@ def test_gpu_macs_match_published_t() -> None:
     assert PAPER_V100[224]["T"] == 826 and PAPER_V100[384]["L"] == 141
 
 
+def test_macs_by_op_add_up_and_match_the_linear_layers_by_hand() -> None:
+    """T@224's linear MACs from the architecture alone: per block q and proj over the N
+    tokens, k and v over the N / sr^2 reduced ones, the 4x MLP; then the classifier."""
+    from restv2_edge.complexity import count_macs_by_op, total_macs
+    from restv2_edge.config import VARIANTS
+    from restv2_edge.model import ResTV2
+
+    config = VARIANTS["T"]
+    model = ResTV2(config, 224)
+    by_op = count_macs_by_op(model)
+    assert sum(by_op.values()) == total_macs(model)
+    linear = config.num_classes * config.embed_dims[-1]
+    for stage, (dim, depth, sr) in enumerate(
+        zip(config.embed_dims, config.depths, config.sr_ratios, strict=True)
+    ):
+        tokens = (224 // 2 ** (stage + 2)) ** 2
+        per_block = 2 * tokens * dim * dim + 2 * (tokens // sr**2) * dim * dim
+        linear += depth * (per_block + 8 * tokens * dim * dim)
+    assert by_op["linear"] == linear
+    assert by_op["conv"] > 0 and by_op["attention"] > 0
+
+
 # -- the bench commands ----------------------------------------------------------------------
 
 
