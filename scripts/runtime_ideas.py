@@ -13,6 +13,8 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py ov-precision-marks $A/openvino-fp16/model.xml
     python scripts/runtime_ideas.py ov-int8-hint $A/openvino-int8/model.xml
     python scripts/runtime_ideas.py ov-kernels $A/openvino-int8/model.xml --runs 20
+    python scripts/runtime_ideas.py ov-int8-scheme $A/openvino-fp32/model.xml \\
+        --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy
@@ -185,6 +187,56 @@ def ov_int8_hint(args: argparse.Namespace) -> None:
         cos = float(f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16))
         print(f"{Path(path).parent.name}: logits cosine bf16 vs f32 {cos:.6f}")
         report(calls, args.runs)
+
+
+def ov_int8_scheme(args: argparse.Namespace) -> None:
+    """NNCF settings other than the recipe's (calibration/openvino.py: model_type TRANSFORMER,
+    mixed preset, SmoothQuant off) on the same fp32 IR and calibration images; latency and
+    the worst logits cosine to the fp32 IR on 8 calibration images."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+    from restv2_edge.calibration.openvino import SMOOTH_QUANT_ALPHA, snippets_disabled
+
+    inputs = np.load(args.calibration)
+    batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    core = ov.Core()
+    fp32 = core.read_model(args.model)
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+    )
+    variants = {
+        "recipe (TRANSFORMER, mixed)": {"model_type": nncf.ModelType.TRANSFORMER},
+        "TRANSFORMER, performance preset": {
+            "model_type": nncf.ModelType.TRANSFORMER,
+            "preset": nncf.QuantizationPreset.PERFORMANCE,
+        },
+        "no model_type (CNN defaults)": {},
+    }
+    reference = core.compile_model(fp32, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **f32})
+    expected = [np.asarray(reference(batch)[0]).ravel() for batch in batches[:8]]
+    calls = {"fp32": ov_call(fp32, f32, example())}
+    for name, settings in variants.items():
+        with snippets_disabled():
+            quantized = nncf.quantize(
+                fp32, nncf.Dataset(batches), subset_size=len(batches),
+                advanced_parameters=advanced, **settings,
+            )  # fmt: skip
+        compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **f32})
+        worst = min(
+            float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+            for a, b in zip(
+                expected, (np.asarray(compiled(x)[0]).ravel() for x in batches[:8]), strict=True
+            )
+        )
+        quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+        print(f"{name}: {quantizers} FakeQuantize, worst cosine to fp32 {worst:.6f}")
+        calls[name] = ov_call(quantized, f32, example())
+    report(calls, args.runs, baseline="recipe (TRANSFORMER, mixed)")
 
 
 def ov_kernels(args: argparse.Namespace) -> None:
@@ -607,6 +659,7 @@ def main() -> None:
         ("ov-precision-marks", ov_precision_marks, ["model"]),
         ("ov-int8-hint", ov_int8_hint, ["models"]),
         ("ov-kernels", ov_kernels, ["model"]),
+        ("ov-int8-scheme", ov_int8_scheme, ["model"]),
         ("hugepages", hugepages, ["model"]),
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
@@ -626,7 +679,8 @@ def main() -> None:
     sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
     sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    sub.choices["onnx-int8"].add_argument("--calibration", required=True, help="inputs.npy")
+    for name in ("onnx-int8", "ov-int8-scheme"):
+        sub.choices[name].add_argument("--calibration", required=True, help="inputs.npy")
     args = parser.parse_args()
     if not getattr(args, "child", False):
         machine = machine_info()

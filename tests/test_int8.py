@@ -117,8 +117,28 @@ def test_openvino_int8_is_nncf_fake_quantized(tiny_model, calib, tmp_path, photo
     _check_manifest(manifest, calib)
     assert manifest.quantization["fake_quantize_nodes"] > 0
     assert "SmoothQuant off" in manifest.quantization["tool"]
+    assert _activation_zero_points_are_zero(path / "model.xml") > 0
     runner = CONVERTER.load(path, manifest)
     assert _independent_cosine(tiny_model, runner, photo_dir) > 0.99
+
+
+def _activation_zero_points_are_zero(xml: Path) -> int:
+    """The performance preset read from the IR itself: every FakeQuantize on an activation
+    (not on a constant) is symmetric int8 (low = -high * 128/127) or unsigned from 0, i.e.
+    its zero point is 0; returns how many there are."""
+    import openvino as ov
+
+    count = 0
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        if op.input_value(0).get_node().get_type_name() == "Constant":
+            continue
+        low, high = (op.input_value(i).get_node().get_data().ravel() for i in (1, 2))
+        symmetric = np.allclose(low, -high * 128 / 127, rtol=1e-4, atol=1e-7)
+        assert symmetric or np.all(low == 0), (op.get_friendly_name(), low[:3], high[:3])
+        count += 1
+    return count
 
 
 @pytest.mark.parametrize("weights_only", [False, True], ids=["w8a8", "weights-only"])
