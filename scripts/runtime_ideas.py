@@ -369,6 +369,7 @@ def onnx_int8(args: argparse.Namespace) -> None:
             "ops": [*recipe_ops, "DepthToSpace", "Transpose"],
             "outputs_float": ["MatMul", "Gemm"],
         },
+        "int8 symmetric activations (S8S8)": {"symmetric_activations": True},
     }
     real = quantization.quantize_static
     paths = {}
@@ -381,6 +382,9 @@ def onnx_int8(args: argparse.Namespace) -> None:
                 extra = {**kw["extra_options"]}
                 extra["OpTypesToExcludeOutputQuantization"] = change["outputs_float"]
                 kw["extra_options"] = extra
+            if change.get("symmetric_activations"):
+                kw["activation_type"] = quantization.QuantType.QInt8
+                kw["extra_options"] = {**kw["extra_options"], "ActivationSymmetric": True}
             return real(*a, **kw)
 
         # new quantized tensors need their own calibration pass; the others share one
