@@ -2,8 +2,8 @@
 
 The fp32 IR comes from converters/openvino.py (same names, same canonical node names); NNCF
 ``quantize`` with ``model_type=TRANSFORMER`` (transformer-aware ignored patterns), the
-performance preset (symmetric int8 activations: 8-9 % faster than the mixed preset's
-asymmetric ones at the same logits, docs/int8.md) and SmoothQuant off inserts FakeQuantize
+performance preset (symmetric int8 activations: 8-11 % faster than the mixed preset's
+asymmetric ones at the same accuracy, docs/int8.md) and SmoothQuant off inserts FakeQuantize
 nodes, and the CPU plugin runs the int8 kernels.
 Non-quantized ops run at the inference precision recorded in the manifest.
 

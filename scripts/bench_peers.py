@@ -28,7 +28,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -36,19 +36,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from restv2_edge.bench import peers as lib  # noqa: E402
 from restv2_edge.errors import DataError, RestV2EdgeError, first_line  # noqa: E402
 from restv2_edge.publish import optional_report_arg  # noqa: E402
+from restv2_edge.script_args import OneLineParser, existing_file_arg  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks"
 PHASES = ("build", "time", "all")
 REPORT_SUFFIXES = {"json": "json", "markdown": "md", "plot": "png"}
 #: ``--json none`` and the like: that report is not written
 NO_REPORT = False
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input is one ``error:`` line and exit 2, before anything is built or written."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}\n")
 
 
 def _variant(value: str) -> Any:
@@ -86,12 +80,6 @@ def _report_option(value: str) -> Path | bool:
     """A checked report path, or NO_REPORT for ``none``."""
     path = optional_report_arg(value)
     return NO_REPORT if path is None else path
-
-
-def _existing_file(value: str) -> Path:
-    if not Path(value).is_file():
-        raise argparse.ArgumentTypeError(f"{value} is not a file")
-    return Path(value)
 
 
 def _work(value: str) -> Path:
@@ -157,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--variant", type=_variant, default=None, help="T, S, B, L or a JSON config (default T)")
     add("--image-size", type=_image_size, default=None, help="default: the checkpoint's, or 224")
-    add("--weights", type=_existing_file, default=None, help="checkpoint (default: random)")
+    add("--weights", type=existing_file_arg, default=None, help="checkpoint (default: random)")
     add("--seed", type=int, default=1, help="seed of the random weights")
     add("--work", type=_work, default=None, help="work folder (default exports/peers-V-SIZE)")
     add("--phase", choices=PHASES, default="all")
@@ -172,7 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--photo-data", type=Path, default=None, help="default: the shared ImageNet photos")
     add("--parity-limit", type=_count(1), default=8, help="photos of each export's own gate")
     add("--gemm-size", type=_count(64), default=1024)
-    add("--merge", type=_existing_file, nargs="+", default=None, metavar="JSON",
+    add("--merge", type=existing_file_arg, nargs="+", default=None, metavar="JSON",
         help="merge the peers.json of separate timing runs (median per row)")  # fmt: skip
     for name in REPORT_SUFFIXES:
         add(f"--{name}", type=_report_option, default=None, help="or none (default peers-KIND)")

@@ -10,36 +10,22 @@ prints one line per goal with every machine's value and verdict:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from restv2_edge.bench.machine import describe_machine
 from restv2_edge.bench.peer_goals import margin_text, value_format
 from restv2_edge.errors import DataError, RestV2EdgeError, first_line
 from restv2_edge.publish import optional_report_arg, write_report
+from restv2_edge.script_args import OneLineParser, existing_file_arg
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks" / "peers.md"
 NOT_MEASURED = "not measured"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input is one ``error:`` line and exit 2, before anything is written."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}\n")
-
-
-def _report_file(value: str) -> Path:
-    path = Path(value)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{value}: no such file")
-    return path
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -121,7 +107,7 @@ def markdown(paths: list[Path], reports: list[dict[str, Any]], command: str, out
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", type=_report_file, nargs="+", metavar="PEERS_JSON")
+    parser.add_argument("reports", type=existing_file_arg, nargs="+", metavar="PEERS_JSON")
     parser.add_argument("--markdown", type=optional_report_arg, default=DEFAULT_MARKDOWN)
     args = parser.parse_args(argv)
     command = "python scripts/peers_summary.py " + shlex.join(

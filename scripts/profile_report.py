@@ -20,18 +20,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 from restv2_edge.bench import peers  # noqa: E402
 from restv2_edge.errors import RestV2EdgeError  # noqa: E402
 from restv2_edge.publish import optional_report_arg  # noqa: E402
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}\n")
+from restv2_edge.script_args import OneLineParser  # noqa: E402
 
 
 def _count(value: str) -> int:

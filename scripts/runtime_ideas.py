@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from restv2_edge.calibration.sensitivity import cosine
 
 from restv2_edge.bench.machine import describe_machine, machine_info
 from restv2_edge.bench.timing import BLOCK, per_round_ratio, summarize, time_round_robin
@@ -54,6 +55,19 @@ def linear_macs(variant: str = "T", size: int = SIZE) -> int:
     from restv2_edge.factory import create_model
 
     return count_macs_by_op(create_model(variant=variant, image_size=size))["linear"]
+
+
+def runner_hint(path: str) -> dict[str, str]:
+    """The precision hint the project's runner compiles an IR with: fp32 and int8 IRs pinned
+    to f32, the half-precision ones at the CPU default."""
+    pinned = "fp32" in path or "int8" in path
+    return {"INFERENCE_PRECISION_HINT": "f32"} if pinned else {}
+
+
+def worst_cosine(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """The lowest per-image logits cosine of two runs over the same images."""
+    pairs = zip(expected, got, strict=True)
+    return min(cosine(a.reshape(1, -1), b.reshape(1, -1)) for a, b in pairs)
 
 
 def example(channels: int = 3, size: int = SIZE) -> np.ndarray:
@@ -153,8 +167,7 @@ def ov_options(args: argparse.Namespace) -> None:
 
     x = example()
     for path in args.models:
-        pinned = "fp32" in path or "int8" in path
-        hint = {"INFERENCE_PRECISION_HINT": "f32"} if pinned else {}
+        hint = runner_hint(path)
         variants = {
             "default": hint,
             "PERFORMANCE_HINT=LATENCY": {**hint, "PERFORMANCE_HINT": "LATENCY"},
@@ -183,8 +196,8 @@ def ov_int8_hint(args: argparse.Namespace) -> None:
                 ("default", {}),
             )
         }
-        f32, bf16 = (np.asarray(next(iter(c().values()))).ravel() for c in list(calls.values())[:2])
-        cos = float(f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16))
+        f32, bf16 = ([np.asarray(next(iter(c().values())))] for c in list(calls.values())[:2])
+        cos = worst_cosine(f32, bf16)
         print(f"{Path(path).parent.name}: logits cosine bf16 vs f32 {cos:.6f}")
         report(calls, args.runs)
 
@@ -223,7 +236,7 @@ def ov_int8_scheme(args: argparse.Namespace) -> None:
         },
     }
     reference = core.compile_model(fp32, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **f32})
-    expected = [np.asarray(reference(batch)[0]).ravel() for batch in batches[:8]]
+    expected = [np.asarray(reference(batch)[0]) for batch in batches[:8]]
     calls = {"fp32": ov_call(fp32, f32, example())}
     for name, settings in variants.items():
         with snippets_disabled():
@@ -232,12 +245,7 @@ def ov_int8_scheme(args: argparse.Namespace) -> None:
                 advanced_parameters=advanced, **settings,
             )  # fmt: skip
         compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **f32})
-        worst = min(
-            float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-            for a, b in zip(
-                expected, (np.asarray(compiled(x)[0]).ravel() for x in batches[:8]), strict=True
-            )
-        )
+        worst = worst_cosine(expected, [np.asarray(compiled(x)[0]) for x in batches[:8]])
         quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
         print(f"{name}: {quantizers} FakeQuantize, worst cosine to fp32 {worst:.6f}")
         calls[name] = ov_call(quantized, f32, example())
@@ -253,10 +261,7 @@ def ov_kernels(args: argparse.Namespace) -> None:
     import openvino as ov
 
     x = example()
-    pinned = "fp32" in args.model or "int8" in args.model
-    config = {"INFERENCE_NUM_THREADS": THREADS, "PERF_COUNT": True}
-    if pinned:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    config = {"INFERENCE_NUM_THREADS": THREADS, "PERF_COUNT": True, **runner_hint(args.model)}
     compiled = ov.Core().compile_model(ov.Core().read_model(args.model), "CPU", config)
     request = compiled.create_infer_request()
     for _ in range(3):
@@ -407,8 +412,7 @@ def onnx_int8(args: argparse.Namespace) -> None:
     for name, path in paths.items():
         session = ort_session(path)
         logits = np.concatenate([session.run(None, {"input": img[None]})[0] for img in images])
-        norms = np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
-        worst = float(((logits * reference).sum(1) / norms).min())
+        worst = worst_cosine(list(reference), list(logits))
         print(f"{name}: worst cosine to fp32 {worst:.6f}")
         calls[name] = ort_call(session, images[:1])
     report(calls, args.runs, baseline="recipe")

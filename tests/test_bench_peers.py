@@ -367,7 +367,7 @@ def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) 
     for args, fragment in (
         ([str(paths[0]), str(paths[1])], "different models"),
         ([str(paths[2])], "not a peers report"),
-        ([str(tmp_path / "missing.json")], "no such file"),
+        ([str(tmp_path / "missing.json")], "not a file"),
     ):
         out.unlink(missing_ok=True)
         try:
