@@ -1,0 +1,151 @@
+"""Whole-model graph ideas tried against the chosen form, each a subcommand.
+
+scripts/runtime_ideas.py tries runtime options and rewrites of finished artifacts; this script
+builds variants of the PyTorch graph itself (same weights, same function), exports each beside
+the form the converter exports, checks that they compute the same logits, and times them
+round-robin in one process (``restv2_edge.bench.timing``). Numbers land under "Tried and
+dropped" in docs/graph-forms.md.
+
+    python scripts/model_ideas.py tokens-2d --weights W/weights-seed1.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from runtime_ideas import SIZE, example, ort_call, ort_session, ov_call, report
+
+from restv2_edge.bench.machine import describe_machine, machine_info
+from restv2_edge.model import Attention, ResTV2, map_to_tokens, tokens_to_map
+from restv2_edge.script_args import OneLineParser, existing_file_arg
+
+
+class Tokens2dAttention(Attention):
+    """EMSAv2 on (B*N, C) tokens: every linear sees a 2-D input (one Gemm, no Reshape
+    around it), the batch comes back only where attention and the convs need it."""
+
+    def forward(self, x: Any) -> Any:
+        tokens = self.grid[0] * self.grid[1]
+        reduced = self.reduced_grid[0] * self.reduced_grid[1]
+        q = self.q(x) if self.q_prescaled else self.q(x) * self.scale
+        if self.sr_ratio > 1:
+            x = tokens_to_map(x.unflatten(0, (-1, tokens)), self.grid)
+            x = self.sr_norm(map_to_tokens(self.sr(x)).flatten(0, 1))
+        k, v = self.k(x), self.v(x)
+        out = self._attend_4d(
+            q.unflatten(0, (-1, tokens)),
+            k.unflatten(0, (-1, reduced)),
+            v.unflatten(0, (-1, reduced)),
+        ).flatten(0, 1)
+        v_map = tokens_to_map(v.unflatten(0, (-1, reduced)), self.reduced_grid)
+        return self.proj(out + self.up_norm(self._upsample(v_map).flatten(0, 1)))
+
+
+class Tokens2dResTV2(ResTV2):
+    """Each stage's blocks run on (B*N, C) tokens; stage outputs are (B, N, C) again."""
+
+    def stage_tokens(self, x: Any) -> list[Any]:
+        embeds = [self.stem, self.patch_2, self.patch_3, self.patch_4]
+        outs = []
+        for index, (embed, stage) in enumerate(zip(embeds, self.stages)):
+            if index > 0:
+                x = tokens_to_map(x, self.grids[index - 1])
+            x = embed(x)
+            batch = x.shape[0]
+            x = x.flatten(0, 1)
+            for block in stage:
+                x = block(x)
+            x = x.unflatten(0, (batch, -1))
+            outs.append(x)
+        return outs
+
+
+def tokens_2d_graph(graph: ResTV2) -> ResTV2:
+    """A copy of ``graph`` (native form) with 2-D tokens; the same parameters."""
+    variant = copy.deepcopy(graph)
+    variant.__class__ = Tokens2dResTV2
+    for module in variant.modules():
+        if type(module) is Attention:
+            module.__class__ = Tokens2dAttention
+    return variant
+
+
+def optimized_op_counts(path: Path) -> dict[str, int]:
+    """Op types of onnxruntime's optimized graph of ``path`` (CPU provider, all levels)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    optimized = path.with_suffix(".optimized.onnx")
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return dict(Counter(node.op_type for node in onnx.load(str(optimized)).graph.node))
+
+
+def tokens_2d(args: argparse.Namespace) -> None:
+    """The native form (what the onnx converter exports) against the same graph on 2-D
+    (B*N, C) tokens, in onnxruntime and OpenVINO (f32), fp32."""
+    import openvino as ov
+    import torch
+
+    from restv2_edge.export import export_graph
+    from restv2_edge.factory import create_model
+
+    model = create_model("T", image_size=SIZE, weights=args.weights)
+    native = export_graph(model, "native", raw_input=False)
+    variants = {"native": native, "tokens-2d": tokens_2d_graph(native)}
+    x = example()
+    with torch.no_grad():
+        logits = {name: graph(torch.from_numpy(x)) for name, graph in variants.items()}
+    difference = (logits["native"] - logits["tokens-2d"]).abs().max().item()
+    print(f"max |dlogit| tokens-2d vs native (eager): {difference:.1e}")
+    work = Path(tempfile.mkdtemp(prefix="restv2-model-ideas-"))
+    calls = {}
+    for name, graph in variants.items():
+        path = work / f"{name}.onnx"
+        program = torch.onnx.export(
+            graph, (torch.from_numpy(x),), dynamo=True, opset_version=20, external_data=False
+        )
+        program.save(str(path))
+        calls[f"onnxruntime {name}"] = ort_call(ort_session(str(path)), x)
+        print(f"{name}: {optimized_op_counts(path).get('Reshape', 0)} Reshape nodes in "
+              "onnxruntime's optimized graph")  # fmt: skip
+    for name, graph in variants.items():
+        converted = ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
+        calls[f"openvino {name}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
+    for runtime in ("onnxruntime", "openvino"):
+        pair = {name: call for name, call in calls.items() if name.startswith(runtime)}
+        report(pair, args.runs)
+
+
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return int(value)
+
+
+def main() -> None:
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in (("tokens-2d", tokens_2d),):
+        command = sub.add_parser(name, help=func.__doc__.splitlines()[0])
+        command.set_defaults(func=func)
+        command.add_argument(
+            "--weights", type=existing_file_arg, required=True, help="a checkpoint (.pth)"
+        )
+        command.add_argument("--runs", type=positive_int, default=40)
+    args = parser.parse_args()
+    machine = machine_info()
+    load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
+    print(f"Machine: {describe_machine(machine)}; load average {load}")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
