@@ -3,8 +3,8 @@
 The fp32 IR comes from converters/openvino.py (same names, same canonical node names); NNCF
 ``quantize`` with ``model_type=TRANSFORMER`` (transformer-aware ignored patterns), the
 performance preset (symmetric int8 activations: 8-11 % faster than the mixed preset's
-asymmetric ones on the Intel AMX CPU, on par on AMD Zen 5, same accuracy; docs/int8.md) and SmoothQuant off inserts FakeQuantize
-nodes, and the CPU plugin runs the int8 kernels.
+asymmetric ones on the Intel AMX CPU, on par on AMD Zen 5, same accuracy; docs/int8.md)
+and SmoothQuant off inserts FakeQuantize nodes, and the CPU plugin runs the int8 kernels.
 Non-quantized ops run at the inference precision recorded in the manifest.
 
 Statistics collection: NNCF compiles the model with every intermediate tensor added as an
