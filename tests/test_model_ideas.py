@@ -1,0 +1,42 @@
+"""scripts/model_ideas.py: the 2-D-token variant it times is the same function as the form
+the converters export, checked against the official-structure reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, oracle_logits, oracle_model
+
+from restv2_edge.export import export_graph
+from restv2_edge.factory import create_model
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _model_ideas():
+    sys.path.insert(0, str(SCRIPTS))  # model_ideas imports its sibling runtime_ideas
+    try:
+        spec = importlib.util.spec_from_file_location("model_ideas", SCRIPTS / "model_ideas.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return module
+
+
+def test_tokens_2d_graph_computes_the_reference_function(tiny_checkpoint: Path) -> None:
+    ideas = _model_ideas()
+    model = create_model(weights=tiny_checkpoint)
+    variant = ideas.tokens_2d_graph(export_graph(model, "native", raw_input=False))
+    assert type(variant) is ideas.Tokens2dResTV2
+    assert any(type(m) is ideas.Tokens2dAttention for m in variant.modules())
+    images = np.random.default_rng(0).standard_normal((2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+    images = images.astype(np.float32)
+    with torch.no_grad():
+        got = variant(torch.from_numpy(images)).numpy()
+    expected = oracle_logits(oracle_model(tiny_checkpoint, **TINY_CONFIG), images)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
