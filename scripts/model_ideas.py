@@ -7,6 +7,7 @@ round-robin in one process (``restv2_edge.bench.timing``). Numbers land under "T
 dropped" in docs/graph-forms.md.
 
     python scripts/model_ideas.py tokens-2d --weights W/weights-seed1.pth
+    python scripts/model_ideas.py one-head-3d --weights W/weights-seed1.pth
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ def tokens_2d_graph(graph: ResTV2) -> ResTV2:
     return variant
 
 
+class OneHead3dAttention(Attention):
+    """EMSAv2 whose one-head attentions (T's stage 1) use 3-D matmuls: no head axis, so
+    no transposes around the unit head dimension."""
+
+    def _attend_4d(self, q: Any, k: Any, v: Any) -> Any:
+        return self._attend_3d(q, k, v) if self.num_heads == 1 else super()._attend_4d(q, k, v)
+
+
+def one_head_3d_graph(graph: ResTV2) -> ResTV2:
+    """A copy of ``graph`` (native form) whose one-head attentions use 3-D matmuls."""
+    variant = copy.deepcopy(graph)
+    for module in variant.modules():
+        if type(module) is Attention:
+            module.__class__ = OneHead3dAttention
+    return variant
+
+
 def optimized_op_counts(path: Path) -> dict[str, int]:
     """Op types of onnxruntime's optimized graph of ``path`` (CPU provider, all levels)."""
     import onnx
@@ -88,9 +106,9 @@ def optimized_op_counts(path: Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in onnx.load(str(optimized)).graph.node))
 
 
-def tokens_2d(args: argparse.Namespace) -> None:
-    """The native form (what the onnx converter exports) against the same graph on 2-D
-    (B*N, C) tokens, in onnxruntime and OpenVINO (f32), fp32."""
+def compare(args: argparse.Namespace, name: str, make_variant: Any) -> None:
+    """The native form (what the onnx converter exports) against ``make_variant`` of it, in
+    onnxruntime and OpenVINO (f32), fp32."""
     import openvino as ov
     import torch
 
@@ -99,29 +117,40 @@ def tokens_2d(args: argparse.Namespace) -> None:
 
     model = create_model("T", image_size=SIZE, weights=args.weights)
     native = export_graph(model, "native", raw_input=False)
-    variants = {"native": native, "tokens-2d": tokens_2d_graph(native)}
+    variants = {"native": native, name: make_variant(native)}
     x = example()
     with torch.no_grad():
-        logits = {name: graph(torch.from_numpy(x)) for name, graph in variants.items()}
-    difference = (logits["native"] - logits["tokens-2d"]).abs().max().item()
-    print(f"max |dlogit| tokens-2d vs native (eager): {difference:.1e}")
+        logits = {key: graph(torch.from_numpy(x)) for key, graph in variants.items()}
+    difference = (logits["native"] - logits[name]).abs().max().item()
+    print(f"max |dlogit| {name} vs native (eager): {difference:.1e}")
     work = Path(tempfile.mkdtemp(prefix="restv2-model-ideas-"))
     calls = {}
-    for name, graph in variants.items():
-        path = work / f"{name}.onnx"
+    for key, graph in variants.items():
+        path = work / f"{key}.onnx"
         program = torch.onnx.export(
             graph, (torch.from_numpy(x),), dynamo=True, opset_version=20, external_data=False
         )
         program.save(str(path))
-        calls[f"onnxruntime {name}"] = ort_call(ort_session(str(path)), x)
-        print(f"{name}: {optimized_op_counts(path).get('Reshape', 0)} Reshape nodes in "
-              "onnxruntime's optimized graph")  # fmt: skip
-    for name, graph in variants.items():
+        calls[f"onnxruntime {key}"] = ort_call(ort_session(str(path)), x)
+        counts = optimized_op_counts(path)
+        print(f"{key}: onnxruntime's optimized graph holds {counts.get('Reshape', 0)} Reshape, "
+              f"{counts.get('Transpose', 0)} Transpose")  # fmt: skip
+    for key, graph in variants.items():
         converted = ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
-        calls[f"openvino {name}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
+        calls[f"openvino {key}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
     for runtime in ("onnxruntime", "openvino"):
-        pair = {name: call for name, call in calls.items() if name.startswith(runtime)}
+        pair = {key: call for key, call in calls.items() if key.startswith(runtime)}
         report(pair, args.runs)
+
+
+def tokens_2d(args: argparse.Namespace) -> None:
+    """Every block on 2-D (B*N, C) tokens against the native form."""
+    compare(args, "tokens-2d", tokens_2d_graph)
+
+
+def one_head_3d(args: argparse.Namespace) -> None:
+    """One-head attentions as 3-D matmuls against the native form."""
+    compare(args, "one-head-3d", one_head_3d_graph)
 
 
 def positive_int(value: str) -> int:
@@ -133,7 +162,7 @@ def positive_int(value: str) -> int:
 def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func in (("tokens-2d", tokens_2d),):
+    for name, func in (("tokens-2d", tokens_2d), ("one-head-3d", one_head_3d)):
         command = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         command.set_defaults(func=func)
         command.add_argument(

@@ -1,5 +1,5 @@
-"""scripts/model_ideas.py: the 2-D-token variant it times is the same function as the form
-the converters export, checked against the official-structure reference."""
+"""scripts/model_ideas.py: each graph variant it times is the same function as the form the
+converters export, checked against the official-structure reference."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, oracle_logits, oracle_model
 
@@ -28,12 +29,17 @@ def _model_ideas():
     return module
 
 
-def test_tokens_2d_graph_computes_the_reference_function(tiny_checkpoint: Path) -> None:
+@pytest.mark.parametrize(
+    ("builder", "attention"),
+    [("tokens_2d_graph", "Tokens2dAttention"), ("one_head_3d_graph", "OneHead3dAttention")],
+)
+def test_variant_computes_the_reference_function(
+    tiny_checkpoint: Path, builder: str, attention: str
+) -> None:
     ideas = _model_ideas()
     model = create_model(weights=tiny_checkpoint)
-    variant = ideas.tokens_2d_graph(export_graph(model, "native", raw_input=False))
-    assert type(variant) is ideas.Tokens2dResTV2
-    assert any(type(m) is ideas.Tokens2dAttention for m in variant.modules())
+    variant = getattr(ideas, builder)(export_graph(model, "native", raw_input=False))
+    assert any(type(m) is getattr(ideas, attention) for m in variant.modules())
     images = np.random.default_rng(0).standard_normal((2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
     images = images.astype(np.float32)
     with torch.no_grad():
