@@ -23,7 +23,7 @@ from typing import Any
 from runtime_ideas import SIZE, example, ort_call, ort_session, ov_call, report
 
 from restv2_edge.bench.machine import describe_machine, machine_info
-from restv2_edge.model import Attention, ResTV2, map_to_tokens, tokens_to_map
+from restv2_edge.model import Attention, Block, ResTV2, map_to_tokens, tokens_to_map
 from restv2_edge.script_args import OneLineParser, existing_file_arg
 
 
@@ -48,32 +48,23 @@ class Tokens2dAttention(Attention):
         return self.proj(out + self.up_norm(self._upsample(v_map).flatten(0, 1)))
 
 
-class Tokens2dResTV2(ResTV2):
-    """Each stage's blocks run on (B*N, C) tokens; stage outputs are (B, N, C) again."""
+class Tokens2dBlock(Block):
+    """A block on (B*N, C) tokens inside: (B, N, C) in and out, flattened once on entry."""
 
-    def stage_tokens(self, x: Any) -> list[Any]:
-        embeds = [self.stem, self.patch_2, self.patch_3, self.patch_4]
-        outs = []
-        for index, (embed, stage) in enumerate(zip(embeds, self.stages)):
-            if index > 0:
-                x = tokens_to_map(x, self.grids[index - 1])
-            x = embed(x)
-            batch = x.shape[0]
-            x = x.flatten(0, 1)
-            for block in stage:
-                x = block(x)
-            x = x.unflatten(0, (batch, -1))
-            outs.append(x)
-        return outs
+    def forward(self, x: Any) -> Any:
+        batch = x.shape[0]
+        return super().forward(x.flatten(0, 1)).unflatten(0, (batch, -1))
 
 
 def tokens_2d_graph(graph: ResTV2) -> ResTV2:
-    """A copy of ``graph`` (native form) with 2-D tokens; the same parameters."""
+    """A copy of ``graph`` (native form) with 2-D tokens in every block; the same
+    parameters."""
     variant = copy.deepcopy(graph)
-    variant.__class__ = Tokens2dResTV2
     for module in variant.modules():
         if type(module) is Attention:
             module.__class__ = Tokens2dAttention
+        elif type(module) is Block:
+            module.__class__ = Tokens2dBlock
     return variant
 
 
