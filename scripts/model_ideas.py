@@ -8,6 +8,7 @@ dropped" in docs/graph-forms.md.
 
     python scripts/model_ideas.py tokens-2d --weights W/weights-seed1.pth
     python scripts/model_ideas.py one-head-3d --weights W/weights-seed1.pth
+    python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
 """
 
 from __future__ import annotations
@@ -85,6 +86,33 @@ def one_head_3d_graph(graph: ResTV2) -> ResTV2:
     return variant
 
 
+def fold_norm_into(norm: Any, linears: list[Any]) -> None:
+    """LayerNorm ``norm``'s affine (gamma, beta) moved into the ``linears`` it alone feeds:
+    W x_hat * gamma + W beta + b = (W diag(gamma)) x_hat + (W beta + b); ``norm`` keeps only
+    its normalization."""
+    import torch
+
+    with torch.no_grad():
+        for linear in linears:
+            linear.bias.add_(linear.weight @ norm.bias)
+            linear.weight.mul_(norm.weight)
+    norm.weight, norm.bias = None, None
+
+
+def norm_fold_graph(graph: ResTV2) -> ResTV2:
+    """A copy of ``graph`` (native form) with the affine of every LayerNorm that feeds only
+    linears folded into them: each block's ``norm2`` (fc1), each ``sr_norm`` (k, v) and the
+    final norm (the head, through the mean pooling)."""
+    variant = copy.deepcopy(graph)
+    for module in variant.modules():
+        if isinstance(module, Block):
+            fold_norm_into(module.norm2, [module.mlp.fc1])
+        if isinstance(module, Attention) and module.sr_ratio > 1:
+            fold_norm_into(module.sr_norm, [module.k, module.v])
+    fold_norm_into(variant.norm, [variant.head])
+    return variant
+
+
 def optimized_op_counts(path: Path) -> dict[str, int]:
     """Op types of onnxruntime's optimized graph of ``path`` (CPU provider, all levels)."""
     import onnx
@@ -144,6 +172,11 @@ def one_head_3d(args: argparse.Namespace) -> None:
     compare(args, "one-head-3d", one_head_3d_graph)
 
 
+def norm_fold(args: argparse.Namespace) -> None:
+    """LayerNorm affines folded into the linears they feed against the native form."""
+    compare(args, "norm-fold", norm_fold_graph)
+
+
 def positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
@@ -153,7 +186,11 @@ def positive_int(value: str) -> int:
 def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func in (("tokens-2d", tokens_2d), ("one-head-3d", one_head_3d)):
+    for name, func in (
+        ("tokens-2d", tokens_2d),
+        ("one-head-3d", one_head_3d),
+        ("norm-fold", norm_fold),
+    ):
         command = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         command.set_defaults(func=func)
         command.add_argument(

@@ -31,15 +31,22 @@ def _model_ideas():
 
 @pytest.mark.parametrize(
     ("builder", "attention"),
-    [("tokens_2d_graph", "Tokens2dAttention"), ("one_head_3d_graph", "OneHead3dAttention")],
+    [
+        ("tokens_2d_graph", "Tokens2dAttention"),
+        ("one_head_3d_graph", "OneHead3dAttention"),
+        ("norm_fold_graph", None),
+    ],
 )
 def test_variant_computes_the_reference_function(
-    tiny_checkpoint: Path, builder: str, attention: str
+    tiny_checkpoint: Path, builder: str, attention: str | None
 ) -> None:
     ideas = _model_ideas()
     model = create_model(weights=tiny_checkpoint)
     variant = getattr(ideas, builder)(export_graph(model, "native", raw_input=False))
-    assert any(type(m) is getattr(ideas, attention) for m in variant.modules())
+    if attention is not None:
+        assert any(type(m) is getattr(ideas, attention) for m in variant.modules())
+    else:
+        assert variant.norm.weight is None and variant.stage1[0].norm2.weight is None
     images = np.random.default_rng(0).standard_normal((2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
     images = images.astype(np.float32)
     with torch.no_grad():
