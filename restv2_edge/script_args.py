@@ -23,3 +23,10 @@ def existing_file_arg(value: str) -> Path:
     if not Path(value).is_file():
         raise argparse.ArgumentTypeError(f"{value} is not a file")
     return Path(value)
+
+
+def positive_int_arg(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return int(value)

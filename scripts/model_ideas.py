@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,7 @@ from runtime_ideas import SIZE, example, ort_call, ort_session, ov_call, report
 
 from restv2_edge.bench.machine import describe_machine, machine_info
 from restv2_edge.model import Attention, Block, ResTV2, map_to_tokens, tokens_to_map
-from restv2_edge.script_args import OneLineParser, existing_file_arg
+from restv2_edge.script_args import OneLineParser, existing_file_arg, positive_int_arg
 
 
 class Tokens2dAttention(Attention):
@@ -125,6 +124,25 @@ def optimized_op_counts(path: Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in onnx.load(str(optimized)).graph.node))
 
 
+def onnx_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]:
+    """Each variant exported as the onnx converter does (opset 20, dynamo) and loaded into
+    an onnxruntime session: one timing call per variant, and its optimized op counts."""
+    import torch
+
+    calls = {}
+    for key, graph in variants.items():
+        path = folder / f"{key}.onnx"
+        program = torch.onnx.export(
+            graph, (torch.from_numpy(x),), dynamo=True, opset_version=20, external_data=False
+        )
+        program.save(str(path))
+        calls[f"onnxruntime {key}"] = ort_call(ort_session(str(path)), x)
+        counts = optimized_op_counts(path)
+        print(f"{key}: onnxruntime's optimized graph holds {counts.get('Reshape', 0)} Reshape, "
+              f"{counts.get('Transpose', 0)} Transpose")  # fmt: skip
+    return calls
+
+
 def compare(args: argparse.Namespace, name: str, make_variant: Any) -> None:
     """The native form (what the onnx converter exports) against ``make_variant`` of it, in
     onnxruntime and OpenVINO (f32), fp32."""
@@ -142,18 +160,8 @@ def compare(args: argparse.Namespace, name: str, make_variant: Any) -> None:
         logits = {key: graph(torch.from_numpy(x)) for key, graph in variants.items()}
     difference = (logits["native"] - logits[name]).abs().max().item()
     print(f"max |dlogit| {name} vs native (eager): {difference:.1e}")
-    work = Path(tempfile.mkdtemp(prefix="restv2-model-ideas-"))
-    calls = {}
-    for key, graph in variants.items():
-        path = work / f"{key}.onnx"
-        program = torch.onnx.export(
-            graph, (torch.from_numpy(x),), dynamo=True, opset_version=20, external_data=False
-        )
-        program.save(str(path))
-        calls[f"onnxruntime {key}"] = ort_call(ort_session(str(path)), x)
-        counts = optimized_op_counts(path)
-        print(f"{key}: onnxruntime's optimized graph holds {counts.get('Reshape', 0)} Reshape, "
-              f"{counts.get('Transpose', 0)} Transpose")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="restv2-model-ideas-") as folder:
+        calls = onnx_calls(variants, x, Path(folder))
     for key, graph in variants.items():
         converted = ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
         calls[f"openvino {key}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
@@ -177,12 +185,6 @@ def norm_fold(args: argparse.Namespace) -> None:
     compare(args, "norm-fold", norm_fold_graph)
 
 
-def positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return int(value)
-
-
 def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,7 +198,7 @@ def main() -> None:
         command.add_argument(
             "--weights", type=existing_file_arg, required=True, help="a checkpoint (.pth)"
         )
-        command.add_argument("--runs", type=positive_int, default=40)
+        command.add_argument("--runs", type=positive_int_arg, default=40)
     args = parser.parse_args()
     machine = machine_info()
     load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
@@ -205,4 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
