@@ -20,9 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runtime_ideas import SIZE, example, ort_call, ort_session, ov_call, report
+from runtime_ideas import SIZE, example, machine_line, ort_call, ort_session, ov_call, report
 
-from restv2_edge.bench.machine import describe_machine, machine_info
 from restv2_edge.model import Attention, Block, ResTV2, map_to_tokens, tokens_to_map
 from restv2_edge.script_args import OneLineParser, existing_file_arg, positive_int_arg
 
@@ -200,9 +199,7 @@ def main() -> None:
         )
         command.add_argument("--runs", type=positive_int_arg, default=40)
     args = parser.parse_args()
-    machine = machine_info()
-    load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
-    print(f"Machine: {describe_machine(machine)}; load average {load}")
+    print(machine_line())
     args.func(args)
 
 

@@ -57,6 +57,13 @@ def linear_macs(variant: str = "T", size: int = SIZE) -> int:
     return count_macs_by_op(create_model(variant=variant, image_size=size))["linear"]
 
 
+def machine_line() -> str:
+    """The first line of every report: the CPU and its load average."""
+    machine = machine_info()
+    load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
+    return f"Machine: {describe_machine(machine)}; load average {load}"
+
+
 def runner_hint(path: str) -> dict[str, str]:
     """The precision hint the project's runner compiles an IR with: fp32 and int8 IRs pinned
     to f32, the half-precision ones at the CPU default."""
@@ -696,9 +703,7 @@ def main() -> None:
         sub.choices[name].add_argument("--calibration", required=True, help="inputs.npy")
     args = parser.parse_args()
     if not getattr(args, "child", False):
-        machine = machine_info()
-        load = ", ".join(f"{value:.2f}" for value in machine["load_avg"] or [])
-        print(f"Machine: {describe_machine(machine)}; load average {load}")
+        print(machine_line())
     args.func(args)
 
 
