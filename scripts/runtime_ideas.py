@@ -19,6 +19,8 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py onnx-shuffle $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
+    python scripts/runtime_ideas.py ort-fusions $A/onnx-fp32/model.onnx \\
+        --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py upsample
     python scripts/runtime_ideas.py litert-runtime $A/litert-fp32/model.tflite
     python scripts/runtime_ideas.py gemm
@@ -521,6 +523,47 @@ def onnx_shuffle(args: argparse.Namespace) -> None:
         )
 
 
+#: onnxruntime.transformers fusions tried on the fp32 graph; the others are switched off
+ORT_FUSIONS = {
+    "BiasGelu": ("enable_gelu", "enable_bias_gelu"),
+    "SkipLayerNormalization": ("enable_layer_norm", "enable_skip_layer_norm"),
+    "all of the optimizer's defaults": (),
+}
+
+
+def ort_fusions(args: argparse.Namespace) -> None:
+    """The fp32 ONNX artifact against itself rewritten by onnxruntime's transformer optimizer
+    (contrib-op fusions: BiasGelu, SkipLayerNormalization, ...); max |dlogit| on 8 images."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    work = Path(tempfile.mkdtemp(prefix="restv2-fusion-ideas-"))
+    images = [img[None] for img in np.load(args.calibration)[:8]]
+    plain = ort_session(args.model)
+    reference = [plain.run(None, {"input": img})[0] for img in images]
+    calls = {"artifact": ort_call(plain, images[0])}
+    for index, (name, flags) in enumerate(ORT_FUSIONS.items()):
+        options = FusionOptions("bert")
+        if flags:
+            for key, value in vars(options).items():
+                if key.startswith("enable_") and isinstance(value, bool):
+                    setattr(options, key, key in flags or key == "enable_shape_inference")
+        optimized = optimize_model(
+            args.model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+            use_gpu=False, optimization_options=options,
+        )  # fmt: skip
+        fused = {op: count for op, count in optimized.get_fused_operator_statistics().items()
+                 if count}  # fmt: skip
+        path = work / f"{index}.onnx"
+        optimized.save_model_to_file(str(path))
+        session = ort_session(str(path))
+        got = [session.run(None, {"input": img})[0] for img in images]
+        worst = max(float(np.abs(a - b).max()) for a, b in zip(reference, got, strict=True))
+        print(f"{name}: fused {fused}; max |dlogit| to the artifact {worst:.1e}")
+        calls[name] = ort_call(session, images[0])
+    report(calls, args.runs, baseline="artifact")
+
+
 def upsample(args: argparse.Namespace) -> None:
     """EMSA's V upsampling (3x3 conv, r*r outputs per channel, pixel shuffle, to tokens) of
     each T stage, against one depthwise ConvTranspose (stride r, kernel 3r, padding r) that
@@ -683,6 +726,7 @@ def main() -> None:
         ("hugepages", hugepages, ["model"]),
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
+        ("ort-fusions", ort_fusions, ["model"]),
         ("upsample", upsample, []),
         ("litert-runtime", litert_runtime, ["model"]),
         ("gemm", gemm, []),
@@ -699,7 +743,7 @@ def main() -> None:
     sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
     sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("onnx-int8", "ov-int8-scheme"):
+    for name in ("onnx-int8", "ov-int8-scheme", "ort-fusions"):
         sub.choices[name].add_argument("--calibration", required=True, help="inputs.npy")
     args = parser.parse_args()
     if not getattr(args, "child", False):
