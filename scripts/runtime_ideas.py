@@ -163,6 +163,10 @@ def ort_options(args: argparse.Namespace) -> None:
         "default": {},
         "allow_spinning=0": {"session.intra_op.allow_spinning": "0"},
         "dynamic_block_base=4": {"session.dynamic_block_base": "4"},
+        "set_denormal_as_zero=1": {"session.set_denormal_as_zero": "1"},
+        # the worker thread pinned to the second CPU (1-based ids; the caller's thread is
+        # never pinned by onnxruntime)
+        "intra_op_thread_affinities=2": {"session.intra_op_thread_affinities": "2"},
     }
     for path in args.models:
         print(Path(path).parent.name)
