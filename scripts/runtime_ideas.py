@@ -369,7 +369,7 @@ def onnx_int8(args: argparse.Namespace) -> None:
 
     inputs = np.load(args.calibration)
     batches = [inputs[i : i + 1] for i in range(len(inputs))]
-    work = Path(tempfile.mkdtemp(prefix="restv2-int8-ideas-"))
+    work = args.work
     quant_pre_process(args.model, str(work / "prepared.onnx"), skip_symbolic_shape=True)
     prepared = onnx.load(str(work / "prepared.onnx"))
     constants = {init.name for init in prepared.graph.initializer}
@@ -503,7 +503,7 @@ def onnx_shuffle(args: argparse.Namespace) -> None:
 
     x = example()
     calls = {}
-    work = Path(tempfile.mkdtemp(prefix="restv2-shuffle-ideas-"))
+    work = args.work
     for path in args.models:
         name = Path(path).parent.name
         model = onnx.load(path)
@@ -541,7 +541,7 @@ def ort_fusions(args: argparse.Namespace) -> None:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    work = Path(tempfile.mkdtemp(prefix="restv2-fusion-ideas-"))
+    work = args.work
     images = [img[None] for img in np.load(args.calibration)[:8]]
     plain = ort_session(args.model)
     reference = [plain.run(None, {"input": img})[0] for img in images]
@@ -577,7 +577,7 @@ def upsample(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     calls: dict[str, Callable[[], Any]] = {}
-    work = Path(tempfile.mkdtemp(prefix="restv2-upsample-ideas-"))
+    work = args.work
     for channels, r in ((96, 8), (192, 4), (384, 2)):
         # no bias: the official one is per (c, i, j), a ConvTranspose's per c (a real form
         # would add the rest as a constant map)
@@ -708,7 +708,7 @@ def conv(args: argparse.Namespace) -> None:
             return F.linear(taps(x).flatten(2).transpose(1, 2), weight.flatten(1), layer.bias)
 
     x = torch.randn(1, cin, hw, hw)
-    work = Path(tempfile.mkdtemp(prefix="restv2-conv-ideas-"))
+    work = args.work
     calls = {}
     for name, module in (("direct", Direct()), ("im2col+1x1", Im2colConv()),
                          ("im2col+matmul", Im2colMatmul())):  # fmt: skip
@@ -752,7 +752,9 @@ def main() -> None:
     args = parser.parse_args()
     if not getattr(args, "child", False):
         print(machine_line())
-    args.func(args)
+    with tempfile.TemporaryDirectory(prefix=f"restv2-{args.command}-") as folder:
+        args.work = Path(folder)  # every file a subcommand writes, removed when it ends
+        args.func(args)
 
 
 if __name__ == "__main__":
