@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import NoReturn
 
+from restv2_edge.bench.timing import BLOCK
+
 
 class OneLineParser(argparse.ArgumentParser):
     """Bad input is one ``error:`` line and exit 2, before anything is built or written."""
@@ -25,8 +27,9 @@ def existing_file_arg(value: str) -> Path:
     return Path(value)
 
 
-def positive_int_arg(value: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+def timed_runs_arg(value: str) -> int:
+    """An argparse type: timed calls per row, at least one full round-robin block, since
+    per-round ratios compare whole blocks."""
+    if not value.isdigit() or int(value) < BLOCK:
+        raise argparse.ArgumentTypeError(f"{value} is not an integer of at least {BLOCK}")
     return int(value)

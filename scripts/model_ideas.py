@@ -23,7 +23,7 @@ from typing import Any
 from runtime_ideas import SIZE, example, machine_line, ort_call, ort_session, ov_call, report
 
 from restv2_edge.model import Attention, Block, ResTV2, map_to_tokens, tokens_to_map
-from restv2_edge.script_args import OneLineParser, existing_file_arg, positive_int_arg
+from restv2_edge.script_args import OneLineParser, existing_file_arg, timed_runs_arg
 
 
 class Tokens2dAttention(Attention):
@@ -197,7 +197,7 @@ def main() -> None:
         command.add_argument(
             "--weights", type=existing_file_arg, required=True, help="a checkpoint (.pth)"
         )
-        command.add_argument("--runs", type=positive_int_arg, default=40)
+        command.add_argument("--runs", type=timed_runs_arg, default=40)
     args = parser.parse_args()
     print(machine_line())
     args.func(args)

@@ -46,6 +46,7 @@ from restv2_edge.calibration.sensitivity import cosine
 
 from restv2_edge.bench.machine import describe_machine, machine_info
 from restv2_edge.bench.timing import BLOCK, per_round_ratio, summarize, time_round_robin
+from restv2_edge.script_args import OneLineParser, timed_runs_arg
 
 THREADS = 2
 SIZE = 224
@@ -717,7 +718,7 @@ def conv(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, extra in (
         ("drift", drift, ["model"]),
@@ -742,7 +743,7 @@ def main() -> None:
             command.add_argument("model")
         if "models" in extra:
             command.add_argument("models", nargs="+")
-        command.add_argument("--runs", type=int, default=40)
+        command.add_argument("--runs", type=timed_runs_arg, default=40)
     sub.choices["drift"].add_argument("--blocks", type=int, default=8)
     sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)

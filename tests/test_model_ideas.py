@@ -4,6 +4,7 @@ converters export, checked against the official-structure reference."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +54,20 @@ def test_variant_computes_the_reference_function(
         got = variant(torch.from_numpy(images)).numpy()
     expected = oracle_logits(oracle_model(tiny_checkpoint, **TINY_CONFIG), images)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("script", ["runtime_ideas.py", "model_ideas.py"])
+def test_too_few_timed_runs_is_one_error_line(script):
+    """Per-round ratios need a whole block of calls: fewer is refused at parse time."""
+    command = "conv" if script == "runtime_ideas.py" else "norm-fold"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), command, "--runs", "3"],
+        capture_output=True,
+        text=True,
+        cwd=SCRIPTS,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: argument --runs: 3 is not an integer of at least 5"
+    ]
+    assert "Traceback" not in done.stdout + done.stderr
