@@ -389,6 +389,18 @@ def onnx_int8(args: argparse.Namespace) -> None:
             "outputs_float": ["MatMul", "Gemm"],
         },
         "int8 symmetric activations (S8S8)": {"symmetric_activations": True},
+        "Transpose QDQ, forced": {
+            "ops": [*recipe_ops, "Transpose"],
+            "outputs_float": recipe_ops,
+            "force": True,
+            "recipe_excludes": True,
+        },
+        "DepthToSpace/Transpose QDQ, forced": {
+            "ops": [*recipe_ops, "DepthToSpace", "Transpose"],
+            "outputs_float": recipe_ops,
+            "force": True,
+            "recipe_excludes": True,
+        },
     }
     real = quantization.quantize_static
     paths = {}
@@ -397,18 +409,22 @@ def onnx_int8(args: argparse.Namespace) -> None:
         def patched(*a: Any, change: dict[str, Any] = change, **kw: Any) -> Any:
             if "ops" in change:
                 kw["op_types_to_quantize"] = change["ops"]
-                kw["nodes_to_exclude"] = []
+                if not change.get("recipe_excludes"):
+                    kw["nodes_to_exclude"] = []  # the float depthwise convs quantized too
                 extra = {**kw["extra_options"]}
                 extra["OpTypesToExcludeOutputQuantization"] = change["outputs_float"]
+                # data-movement ops on float inputs get Q before / DQ after them, so they
+                # move int8 data where a quantized op follows
+                extra["ForceQuantizeNoInputCheck"] = change.get("force", False)
                 kw["extra_options"] = extra
             if change.get("symmetric_activations"):
                 kw["activation_type"] = quantization.QuantType.QInt8
                 kw["extra_options"] = {**kw["extra_options"], "ActivationSymmetric": True}
             return real(*a, **kw)
 
-        # new quantized tensors need their own calibration pass; the others share one
-        own_ranges = "DepthToSpace" in change.get("ops", [])
-        cache = work / ("cache-qdq.json" if own_ranges else "cache.json")
+        # one calibration pass per set of quantized op types
+        ops = change.get("ops", recipe_ops)
+        cache = work / f"cache-{'-'.join(sorted(ops))}.json"
         path = work / f"{len(paths)}.onnx"
         quantization.quantize_static = patched
         try:
