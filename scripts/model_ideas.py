@@ -16,11 +16,19 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runtime_ideas import SIZE, example, machine_line, ort_call, ort_session, ov_call, report
+from runtime_ideas import (
+    SIZE,
+    example,
+    machine_line,
+    optimized_op_counts,
+    ort_call,
+    ort_session,
+    ov_call,
+    report,
+)
 
 from restv2_edge.model import Attention, Block, ResTV2, map_to_tokens, tokens_to_map
 from restv2_edge.script_args import OneLineParser, existing_file_arg, timed_runs_arg
@@ -109,18 +117,6 @@ def norm_fold_graph(graph: ResTV2) -> ResTV2:
             fold_norm_into(module.sr_norm, [module.k, module.v])
     fold_norm_into(variant.norm, [variant.head])
     return variant
-
-
-def optimized_op_counts(path: Path) -> dict[str, int]:
-    """Op types of onnxruntime's optimized graph of ``path`` (CPU provider, all levels)."""
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    optimized = path.with_suffix(".optimized.onnx")
-    options.optimized_model_filepath = str(optimized)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return dict(Counter(node.op_type for node in onnx.load(str(optimized)).graph.node))
 
 
 def onnx_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ only exists per process (``hugepages``), which alternates fresh processes.
         --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
-        --calibration W/calibration/inputs.npy
+        --calibration W/calibration/inputs.npy [--variant "Transpose QDQ, forced" ...]
     python scripts/runtime_ideas.py onnx-shuffle $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
     python scripts/runtime_ideas.py ort-fusions $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,18 @@ from restv2_edge.script_args import OneLineParser, timed_runs_arg
 
 THREADS = 2
 SIZE = 224
+#: node kinds ``onnx-int8`` counts in each variant's optimized graph
+INT8_OPS_SHOWN = ("QuantizeLinear", "DequantizeLinear", "Transpose", "QGemm", "Gemm")
+#: the recipe variants ``onnx-int8`` can time (``--variant``)
+ONNX_INT8_VARIANTS = (
+    "recipe",
+    "attention matmuls float",
+    "depthwise convs int8 out",
+    "+ DepthToSpace/Transpose QDQ",
+    "int8 symmetric activations (S8S8)",
+    "Transpose QDQ, forced",
+    "DepthToSpace/Transpose QDQ, forced",
+)
 
 
 def linear_macs(variant: str = "T", size: int = SIZE) -> int:
@@ -105,6 +118,18 @@ def ort_session(path: str, entries: dict[str, str] | None = None) -> Any:
     for key, value in (entries or {}).items():
         options.add_session_config_entry(key, value)
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def optimized_op_counts(path: Path) -> dict[str, int]:
+    """Op types of onnxruntime's optimized graph of ``path`` (CPU provider, all levels)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    optimized = path.with_suffix(".optimized.onnx")
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return dict(Counter(node.op_type for node in onnx.load(str(optimized)).graph.node))
 
 
 def ort_call(session: Any, x: np.ndarray) -> Callable[[], Any]:
@@ -402,9 +427,13 @@ def onnx_int8(args: argparse.Namespace) -> None:
             "recipe_excludes": True,
         },
     }
+    assert tuple(variants) == ONNX_INT8_VARIANTS
+    chosen = {"recipe", *(args.variant or variants)}
     real = quantization.quantize_static
     paths = {}
     for name, change in variants.items():
+        if name not in chosen:
+            continue
 
         def patched(*a: Any, change: dict[str, Any] = change, **kw: Any) -> Any:
             if "ops" in change:
@@ -443,7 +472,9 @@ def onnx_int8(args: argparse.Namespace) -> None:
         session = ort_session(path)
         logits = np.concatenate([session.run(None, {"input": img[None]})[0] for img in images])
         worst = worst_cosine(list(reference), list(logits))
-        print(f"{name}: worst cosine to fp32 {worst:.6f}")
+        ops = optimized_op_counts(Path(path))
+        kinds = ", ".join(f"{ops.get(op, 0)} {op}" for op in INT8_OPS_SHOWN)
+        print(f"{name}: worst cosine to fp32 {worst:.6f}; optimized graph: {kinds}")
         calls[name] = ort_call(session, images[:1])
     report(calls, args.runs, baseline="recipe")
 
@@ -764,6 +795,12 @@ def main() -> None:
     sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
     sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    sub.choices["onnx-int8"].add_argument(
+        "--variant",
+        action="append",
+        choices=ONNX_INT8_VARIANTS,
+        help="time only these variants (and the recipe); repeat for more",
+    )
     for name in ("onnx-int8", "ov-int8-scheme", "ort-fusions"):
         sub.choices[name].add_argument("--calibration", required=True, help="inputs.npy")
     args = parser.parse_args()
