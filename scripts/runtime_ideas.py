@@ -15,6 +15,8 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py ov-kernels $A/openvino-int8/model.xml --runs 20
     python scripts/runtime_ideas.py ov-int8-scheme $A/openvino-fp32/model.xml \\
         --calibration W/calibration/inputs.npy
+    python scripts/runtime_ideas.py ov-weight-int8 $A/openvino-fp32/model.xml \\
+        $A/openvino-int8/model.xml --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
     python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
         --calibration W/calibration/inputs.npy [--variant "Transpose QDQ, forced" ...]
@@ -239,6 +241,35 @@ def ov_int8_hint(args: argparse.Namespace) -> None:
         cos = worst_cosine(f32, bf16)
         print(f"{Path(path).parent.name}: logits cosine bf16 vs f32 {cos:.6f}")
         report(calls, args.runs)
+
+
+def ov_weight_int8(args: argparse.Namespace) -> None:
+    """The fp32 IR with int8 weights only (``nncf.compress_weights``, INT8_ASYM per channel) and
+    the CPU plugin's dynamic activation quantization of its FullyConnected inputs at several
+    group sizes (0 = off), against the static int8 IR the recipe builds; f32 float ops."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    images = np.load(args.calibration)[:8]
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    fp32 = core.read_model(args.fp32)
+    reference = core.compile_model(fp32, "CPU", f32)
+    expected = [reference(images[i : i + 1])[0] for i in range(len(images))]
+    # compress_weights rewrites the model it is given: a second read keeps fp32 intact
+    compressed = nncf.compress_weights(
+        core.read_model(args.fp32), mode=nncf.CompressWeightsMode.INT8_ASYM
+    )
+    calls = {"fp32": ov_call(fp32, f32, images[:1])}
+    calls["int8 (recipe, static)"] = ov_call(core.read_model(args.int8), f32, images[:1])
+    for group in (0, 32, 128):
+        config = {**f32, "DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
+        compiled = core.compile_model(compressed, "CPU", config)
+        got = [compiled(images[i : i + 1])[0] for i in range(len(images))]
+        worst = worst_cosine(expected, got)
+        print(f"weights int8, dynamic group {group}: worst cosine to fp32 {worst:.6f}")
+        calls[f"weights int8, dynamic group {group}"] = ov_call(compressed, config, images[:1])
+    report(calls, args.runs, baseline="int8 (recipe, static)")
 
 
 def ov_int8_scheme(args: argparse.Namespace) -> None:
@@ -775,6 +806,7 @@ def main() -> None:
         ("ov-int8-hint", ov_int8_hint, ["models"]),
         ("ov-kernels", ov_kernels, ["model"]),
         ("ov-int8-scheme", ov_int8_scheme, ["model"]),
+        ("ov-weight-int8", ov_weight_int8, ["fp32", "int8"]),
         ("hugepages", hugepages, ["model"]),
         ("onnx-int8", onnx_int8, ["model"]),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
@@ -788,6 +820,9 @@ def main() -> None:
         command.set_defaults(func=func)
         if "model" in extra:
             command.add_argument("model")
+        for name in ("fp32", "int8"):
+            if name in extra:
+                command.add_argument(name, help=f"the {name} IR (model.xml)")
         if "models" in extra:
             command.add_argument("models", nargs="+")
         command.add_argument("--runs", type=timed_runs_arg, default=40)
@@ -801,7 +836,7 @@ def main() -> None:
         choices=ONNX_INT8_VARIANTS,
         help="time only these variants (and the recipe); repeat for more",
     )
-    for name in ("onnx-int8", "ov-int8-scheme", "ort-fusions"):
+    for name in ("onnx-int8", "ov-int8-scheme", "ov-weight-int8", "ort-fusions"):
         sub.choices[name].add_argument("--calibration", required=True, help="inputs.npy")
     args = parser.parse_args()
     if not getattr(args, "child", False):
