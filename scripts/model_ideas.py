@@ -9,6 +9,7 @@ dropped" in docs/graph-forms.md.
     python scripts/model_ideas.py tokens-2d --weights W/weights-seed1.pth
     python scripts/model_ideas.py one-head-3d --weights W/weights-seed1.pth
     python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
+    python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from runtime_ideas import (
     SIZE,
     example,
@@ -28,9 +31,11 @@ from runtime_ideas import (
     ort_session,
     ov_call,
     report,
+    worst_cosine,
 )
+from torch import nn
 
-from restv2_edge.model import Attention, Block, ResTV2, map_to_tokens, tokens_to_map
+from restv2_edge.model import Attention, Block, Mlp, ResTV2, map_to_tokens, tokens_to_map
 from restv2_edge.script_args import OneLineParser, existing_file_arg, timed_runs_arg
 
 
@@ -96,8 +101,6 @@ def fold_norm_into(norm: Any, linears: list[Any]) -> None:
     """LayerNorm ``norm``'s affine (gamma, beta) moved into the ``linears`` it alone feeds:
     W x_hat * gamma + W beta + b = (W diag(gamma)) x_hat + (W beta + b); ``norm`` keeps only
     its normalization."""
-    import torch
-
     with torch.no_grad():
         for linear in linears:
             linear.bias.add_(linear.weight @ norm.bias)
@@ -119,11 +122,50 @@ def norm_fold_graph(graph: ResTV2) -> ResTV2:
     return variant
 
 
+class ConvMlp(nn.Module):
+    """The MLP as two 1x1 convs on the (B, C, H, W) map, tokens in and out: onnxruntime runs
+    pointwise convs through its NCHWc kernels instead of Gemm."""
+
+    def __init__(self, mlp: Mlp, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = grid
+        self.fc1 = _pointwise(mlp.fc1)
+        self.act = mlp.act
+        self.fc2 = _pointwise(mlp.fc2)
+
+    def forward(self, x: Any) -> Any:
+        return map_to_tokens(self.fc2(self.act(self.fc1(tokens_to_map(x, self.grid)))))
+
+
+def _pointwise(linear: nn.Linear) -> nn.Conv2d:
+    conv = nn.Conv2d(linear.in_features, linear.out_features, 1)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight[:, :, None, None])
+        conv.bias.copy_(linear.bias)
+    return conv
+
+
+def mlp_conv_graph(graph: ResTV2, grids: set[tuple[int, int]] | None = None) -> ResTV2:
+    """A copy of ``graph`` (native form) whose block MLPs on ``grids`` (all when None) are
+    1x1 convs on the map."""
+    variant = copy.deepcopy(graph)
+    for module in variant.modules():
+        if isinstance(module, Block) and (grids is None or module.attn.grid in grids):
+            module.mlp = ConvMlp(module.mlp, module.attn.grid)
+    return variant
+
+
+def mlp_conv_ends_graph(graph: ResTV2) -> ResTV2:
+    """1x1-conv MLPs on the first and last stages only (56x56 and 7x7 at 224), where the
+    pointwise kernels gained most against Gemm on their own."""
+    grids = {block.attn.grid for block in graph.modules() if isinstance(block, Block)}
+    ordered = sorted(grids, reverse=True)
+    return mlp_conv_graph(graph, {ordered[0], ordered[-1]})
+
+
 def onnx_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]:
     """Each variant exported as the onnx converter does (opset 20, dynamo) and loaded into
     an onnxruntime session: one timing call per variant, and its optimized op counts."""
-    import torch
-
     calls = {}
     for key, graph in variants.items():
         path = folder / f"{key}.onnx"
@@ -138,46 +180,78 @@ def onnx_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]
     return calls
 
 
-def compare(args: argparse.Namespace, name: str, make_variant: Any) -> None:
-    """The native form (what the onnx converter exports) against ``make_variant`` of it, in
-    onnxruntime and OpenVINO (f32), fp32."""
+def onnx_int8_calls(
+    variants: dict[str, Any], x: Any, folder: Path, calibration: Path
+) -> dict[str, Any]:
+    """Each exported variant quantized by the onnx INT8 recipe (calibration/onnx.py) on the
+    same calibration images: one timing call each, and the worst cosine to its own fp32."""
+    import onnxruntime as ort
+    from restv2_edge.calibration import onnx as recipe
+
+    inputs = np.load(calibration)
+    batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    calls = {}
+    for key in variants:
+        fp32_path, int8_path = folder / f"{key}.onnx", folder / f"{key}.int8.onnx"
+        name = ort.InferenceSession(str(fp32_path)).get_inputs()[0].name
+        recipe.quantize_onnx_file(fp32_path, int8_path, batches, name)
+        fp32, int8 = ort_session(str(fp32_path)), ort_session(str(int8_path))
+        expected = [fp32.run(None, {name: image[None]})[0] for image in inputs[:8]]
+        got = [int8.run(None, {name: image[None]})[0] for image in inputs[:8]]
+        print(f"{key} int8: worst cosine to its fp32 {worst_cosine(expected, got):.6f}")
+        calls[f"onnxruntime int8 {key}"] = ort_call(int8, x)
+    return calls
+
+
+def compare(args: argparse.Namespace, makers: dict[str, Any]) -> None:
+    """The native form (what the onnx converter exports) against each of ``makers`` (name ->
+    variant builder) applied to it, in onnxruntime and OpenVINO (f32), fp32."""
     import openvino as ov
-    import torch
 
     from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
     model = create_model("T", image_size=SIZE, weights=args.weights)
     native = export_graph(model, "native", raw_input=False)
-    variants = {"native": native, name: make_variant(native)}
+    variants = {"native": native, **{name: make(native) for name, make in makers.items()}}
     x = example()
     with torch.no_grad():
         logits = {key: graph(torch.from_numpy(x)) for key, graph in variants.items()}
-    difference = (logits["native"] - logits[name]).abs().max().item()
-    print(f"max |dlogit| {name} vs native (eager): {difference:.1e}")
+    for name in makers:
+        difference = (logits["native"] - logits[name]).abs().max().item()
+        print(f"max |dlogit| {name} vs native (eager): {difference:.1e}")
     with tempfile.TemporaryDirectory(prefix="restv2-model-ideas-") as folder:
         calls = onnx_calls(variants, x, Path(folder))
+        if args.calibration is not None:
+            calls.update(onnx_int8_calls(variants, x, Path(folder), args.calibration))
     for key, graph in variants.items():
         converted = ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
         calls[f"openvino {key}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
-    for runtime in ("onnxruntime", "openvino"):
-        pair = {key: call for key, call in calls.items() if key.startswith(runtime)}
-        report(pair, args.runs)
+    for runtime in ("onnxruntime int8", "onnxruntime", "openvino"):
+        pair = {key: calls.pop(key) for key in list(calls) if key.startswith(runtime)}
+        if pair:
+            report(pair, args.runs)
 
 
 def tokens_2d(args: argparse.Namespace) -> None:
     """Every block on 2-D (B*N, C) tokens against the native form."""
-    compare(args, "tokens-2d", tokens_2d_graph)
+    compare(args, {"tokens-2d": tokens_2d_graph})
 
 
 def one_head_3d(args: argparse.Namespace) -> None:
     """One-head attentions as 3-D matmuls against the native form."""
-    compare(args, "one-head-3d", one_head_3d_graph)
+    compare(args, {"one-head-3d": one_head_3d_graph})
 
 
 def norm_fold(args: argparse.Namespace) -> None:
     """LayerNorm affines folded into the linears they feed against the native form."""
-    compare(args, "norm-fold", norm_fold_graph)
+    compare(args, {"norm-fold": norm_fold_graph})
+
+
+def mlp_conv(args: argparse.Namespace) -> None:
+    """Block MLPs as 1x1 convs on the map (every stage; first and last stage) against the
+    native form."""
+    compare(args, {"mlp-conv": mlp_conv_graph, "mlp-conv-ends": mlp_conv_ends_graph})
 
 
 def main() -> None:
@@ -187,6 +261,7 @@ def main() -> None:
         ("tokens-2d", tokens_2d),
         ("one-head-3d", one_head_3d),
         ("norm-fold", norm_fold),
+        ("mlp-conv", mlp_conv),
     ):
         command = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         command.set_defaults(func=func)
@@ -194,6 +269,11 @@ def main() -> None:
             "--weights", type=existing_file_arg, required=True, help="a checkpoint (.pth)"
         )
         command.add_argument("--runs", type=timed_runs_arg, default=40)
+        command.add_argument(
+            "--calibration",
+            type=existing_file_arg,
+            help="inputs.npy: also time each variant quantized by the onnx INT8 recipe",
+        )
     args = parser.parse_args()
     print(machine_line())
     args.func(args)

@@ -31,21 +31,23 @@ def _model_ideas():
 
 
 @pytest.mark.parametrize(
-    ("builder", "attention"),
+    ("builder", "module"),
     [
         ("tokens_2d_graph", "Tokens2dAttention"),
         ("one_head_3d_graph", "OneHead3dAttention"),
         ("norm_fold_graph", None),
+        ("mlp_conv_graph", "ConvMlp"),
+        ("mlp_conv_ends_graph", "ConvMlp"),
     ],
 )
 def test_variant_computes_the_reference_function(
-    tiny_checkpoint: Path, builder: str, attention: str | None
+    tiny_checkpoint: Path, builder: str, module: str | None
 ) -> None:
     ideas = _model_ideas()
     model = create_model(weights=tiny_checkpoint)
     variant = getattr(ideas, builder)(export_graph(model, "native", raw_input=False))
-    if attention is not None:
-        assert any(type(m) is getattr(ideas, attention) for m in variant.modules())
+    if module is not None:  # the variant's own module is in the graph
+        assert any(type(m) is getattr(ideas, module) for m in variant.modules())
     else:
         assert variant.norm.weight is None and variant.stage1[0].norm2.weight is None
     images = np.random.default_rng(0).standard_normal((2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
