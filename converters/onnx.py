@@ -146,6 +146,15 @@ def node_times(events: list[dict[str, Any]], runs: int, delegates: bool) -> tupl
 
 
 class OnnxConverter(Converter):
+    def graph_form_for(self, request: ExportRequest) -> str:
+        """``native-pointwise`` for fp32: onnxruntime runs each block's MLP as two 1x1 convs
+        through its NCHWc kernels faster than as two Gemms; ``native`` (the descriptor's form)
+        for fp16 and for the int8 recipe, whose QGemm beats the quantized pointwise convs
+        (docs/graph-forms.md)."""
+        if request.precision == "fp32":
+            return "native-pointwise"
+        return self.graph_form
+
     def export(
         self, model: Any, example: Any, workdir: Path, request: ExportRequest, progress: Progress
     ) -> ExportResult:

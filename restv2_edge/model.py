@@ -16,7 +16,7 @@ the official detection/segmentation backbone (``object_detection/restv2/restv2.p
 through its own channels-first LayerNorm (docs/backbone.md). The input size is one side or
 (height, width), each a multiple of 32.
 
-One set of weights, four graph forms (``GraphForm``), chosen per target by measurement
+One set of weights, five graph forms (``GraphForm``), chosen per target by measurement
 (docs/graph-forms.md):
 - ``native``: native LayerNorm, 4-D multi-head matmuls, native pixel shuffle (depth-to-space).
 - ``decomposed``: everything as linear/bmm/conv so that one XNNPACK delegate takes the whole
@@ -29,6 +29,8 @@ One set of weights, four graph forms (``GraphForm``), chosen per target by measu
 - ``native-convtranspose``: native, except that the V upsampling (3x3 conv, r*r outputs per
   channel, pixel shuffle) is one depthwise transposed conv (stride r, kernel 3r, padding r)
   with the same filters rearranged: no depth-to-space (same weights and checkpoint layout).
+- ``native-pointwise``: native, except that each block's MLP runs on the (B, C, H, W) map as
+  two 1x1 convs (onnxruntime's NCHWc pointwise kernels instead of its Gemm; same weights).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class GraphForm(str, enum.Enum):
     NATIVE_DEPTHWISE = "native-depthwise"
     #: native, but the V upsampling and its pixel shuffle are one depthwise transposed conv
     NATIVE_CONVTRANSPOSE = "native-convtranspose"
+    #: native, but each block's MLP runs as two 1x1 convs on the feature map
+    NATIVE_POINTWISE = "native-pointwise"
 
 
 class LayerNorm(nn.LayerNorm):
@@ -86,14 +90,25 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, form: GraphForm, grid: tuple[int, int]) -> None:
         super().__init__()
+        self.form = form
+        self.grid = grid
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(4 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form is GraphForm.NATIVE_POINTWISE:
+            return self._pointwise(x)
         return self.fc2(self.act(self.fc1(x)))
+
+    def _pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The two linears as 1x1 convs on the (B, C, H, W) map, their weights viewed as
+        (out, in, 1, 1): the same parameters, so the same checkpoint layout."""
+        y = F.conv2d(tokens_to_map(x, self.grid), self.fc1.weight[:, :, None, None], self.fc1.bias)
+        y = F.conv2d(self.act(y), self.fc2.weight[:, :, None, None], self.fc2.bias)
+        return map_to_tokens(y)
 
 
 class Attention(nn.Module):
@@ -189,7 +204,7 @@ class Attention(nn.Module):
         r = self.sr_ratio
         if r == 1:
             return map_to_tokens(self.up(v_map))
-        if self.form is GraphForm.NATIVE:
+        if self.form in (GraphForm.NATIVE, GraphForm.NATIVE_POINTWISE):
             return map_to_tokens(F.pixel_shuffle(self.up(v_map), r))
         if self.form is GraphForm.NATIVE_DEPTHWISE:
             # Channel c repeated r*r times (a broadcast multiply by ones: exact, and no Expand
@@ -262,7 +277,7 @@ class Block(nn.Module):
         self.norm1 = LayerNorm(dim, form)
         self.attn = Attention(dim, num_heads, sr_ratio, grid, form)
         self.norm2 = LayerNorm(dim, form)
-        self.mlp = Mlp(dim)
+        self.mlp = Mlp(dim, form, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

@@ -155,6 +155,30 @@ def mlp_conv_graph(graph: ResTV2, grids: set[tuple[int, int]] | None = None) -> 
     return variant
 
 
+class PointwiseLinear(nn.Module):
+    """A token linear as a 1x1 conv on the map, tokens in and out."""
+
+    def __init__(self, linear: nn.Linear, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = grid
+        self.conv = _pointwise(linear)
+
+    def forward(self, x: Any) -> Any:
+        return map_to_tokens(self.conv(tokens_to_map(x, self.grid)))
+
+
+def linears_conv_graph(graph: ResTV2) -> ResTV2:
+    """:func:`mlp_conv_graph`, and every attention linear (q, k, v, proj) a 1x1 conv too."""
+    variant = mlp_conv_graph(graph)
+    for attn in variant.modules():
+        if isinstance(attn, Attention):
+            attn.q = PointwiseLinear(attn.q, attn.grid)
+            attn.k = PointwiseLinear(attn.k, attn.reduced_grid)
+            attn.v = PointwiseLinear(attn.v, attn.reduced_grid)
+            attn.proj = PointwiseLinear(attn.proj, attn.grid)
+    return variant
+
+
 def mlp_conv_ends_graph(graph: ResTV2) -> ResTV2:
     """1x1-conv MLPs on the first and last stages only (56x56 and 7x7 at 224), where the
     pointwise kernels gained most against Gemm on their own."""
@@ -249,9 +273,16 @@ def norm_fold(args: argparse.Namespace) -> None:
 
 
 def mlp_conv(args: argparse.Namespace) -> None:
-    """Block MLPs as 1x1 convs on the map (every stage; first and last stage) against the
-    native form."""
-    compare(args, {"mlp-conv": mlp_conv_graph, "mlp-conv-ends": mlp_conv_ends_graph})
+    """Block MLPs as 1x1 convs on the map (every stage; first and last stage), and every
+    block linear as one, against the native form."""
+    compare(
+        args,
+        {
+            "mlp-conv": mlp_conv_graph,
+            "mlp-conv-ends": mlp_conv_ends_graph,
+            "linears-conv": linears_conv_graph,
+        },
+    )
 
 
 def main() -> None:

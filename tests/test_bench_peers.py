@@ -179,6 +179,11 @@ def test_work_folder_is_reused_and_verified(seeded_work, tiny_checkpoint, tmp_pa
     plan = [("onnx", "fp32")]
     record = lib.build_project(model, copy, tiny_checkpoint, plan, lambda: None, 4, steps.append)
     assert steps == ["reuse onnx/fp32"] and record["artifacts"]["onnx/fp32"]["status"] == "ok"
+    converter = get_descriptor("onnx").converter
+    with monkeypatch.context() as patch:  # the converter now chooses another graph form
+        patch.setattr(type(converter), "graph_form_for", lambda self, request: "decomposed")
+        folder = lib.artifact_folder(copy, "onnx", "fp32")
+        assert not lib.reusable(folder, record["artifacts"]["onnx/fp32"], "onnx", "fp32")
 
     model_file = next(p for p in lib.artifact_folder(copy, "onnx", "fp32").iterdir()
                       if p.name != MANIFEST_NAME)  # fmt: skip

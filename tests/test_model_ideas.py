@@ -38,6 +38,7 @@ def _model_ideas():
         ("norm_fold_graph", None),
         ("mlp_conv_graph", "ConvMlp"),
         ("mlp_conv_ends_graph", "ConvMlp"),
+        ("linears_conv_graph", "PointwiseLinear"),
     ],
 )
 def test_variant_computes_the_reference_function(

@@ -132,7 +132,10 @@ def artifact_folder(work: Path, target: str, precision: str) -> Path:
 
 def reusable(folder: Path, entry: dict[str, Any] | None, target: str, precision: str) -> bool:
     """The folder is the artifact the record names: built ok, every file verifies against
-    its manifest, and the manifest is the one recorded (not another artifact put there)."""
+    its manifest, the manifest is the one recorded (not another artifact put there), and its
+    graph form is the one the target's converter chooses now (not one an older version
+    exported)."""
+    from restv2_edge.converters.base import ExportRequest, get_descriptor
     from restv2_edge.manifest import MANIFEST_NAME, verify_files
 
     if not entry or entry.get("status") != "ok" or not folder.is_dir():
@@ -142,9 +145,11 @@ def reusable(folder: Path, entry: dict[str, Any] | None, target: str, precision:
     except RestV2EdgeError:
         return False
     recorded = entry.get("manifest_sha256")
+    chosen = get_descriptor(target).converter.graph_form_for(ExportRequest(precision=precision))
     return (
         manifest.target == target
         and manifest.precision == precision
+        and manifest.graph_form == chosen
         and recorded == file_digest(folder / MANIFEST_NAME)
     )
 
