@@ -182,6 +182,7 @@ class OnnxConverter(Converter):
         progress("convert")
         proto = program.model_proto
         proto.producer_name = "restv2-edge"
+        fold_weight_unsqueezes(proto)
         onnx.checker.check_model(proto, full_check=True)
         check_static(proto, request.dynamic_batch)
         onnx.save_model(proto, str(path))
@@ -222,6 +223,52 @@ class OnnxConverter(Converter):
             (p for p in available if p.lower().removesuffix(PROVIDER_SUFFIX.lower()) == wanted),
             None,
         )
+
+
+def fold_weight_unsqueezes(proto: Any) -> int:
+    """Replace each ``Unsqueeze`` of a weight that nothing else reads (the pointwise form's
+    linear weights viewed as 1x1 conv filters) by the unsqueezed weight itself, under the
+    weight's own name: the convs then read plain initializers, as every other conv does.
+    Returns how many were folded."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in proto.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    renamed: dict[str, str] = {}
+    axes_read: set[str] = set()
+    kept = []
+    for node in proto.graph.node:
+        weight, axes = [*node.input, "", ""][:2]
+        foldable = (
+            node.op_type == "Unsqueeze"
+            and weight in initializers
+            and axes in initializers
+            and readers[weight] == 1
+        )
+        if not foldable:
+            kept.append(node)
+            continue
+        value = numpy_helper.to_array(initializers[weight])
+        for axis in sorted(int(a) for a in numpy_helper.to_array(initializers[axes])):
+            value = np.expand_dims(value, axis if axis >= 0 else value.ndim + 1 + axis)
+        initializers[weight].CopyFrom(numpy_helper.from_array(value, weight))
+        renamed[node.output[0]] = weight
+        axes_read.add(axes)
+    for node in kept:
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    stale = set(renamed) | set(renamed.values())  # shapes recorded before the fold
+    for info in [v for v in proto.graph.value_info if v.name in stale]:
+        proto.graph.value_info.remove(info)
+    still_read = {name for node in kept for name in node.input}
+    for init in [i for i in proto.graph.initializer if i.name in axes_read - still_read]:
+        proto.graph.initializer.remove(init)
+    return len(renamed)
 
 
 def check_static(proto: Any, dynamic_batch: bool = False) -> None:

@@ -45,6 +45,14 @@ def test_t_export_is_static_checked_and_passes_parity(t_onnx):
     assert proto.opset_import[0].version >= 17
     ops = {node.op_type for node in proto.graph.node}
     assert not ops & {"Shape", "ConstantOfShape"}
+    # fp32 runs each block MLP as two 1x1 convs reading plain 4-D initializers
+    assert manifest.graph_form == "native-pointwise"
+    shapes = {init.name: list(init.dims) for init in proto.graph.initializer}
+    mlp = {name: dims for name, dims in shapes.items() if ".mlp.fc" in name and "weight" in name}
+    assert len(mlp) == 2 * 11  # T: 11 blocks
+    assert all(len(dims) == 4 and dims[2:] == [1, 1] for dims in mlp.values())
+    convs = {node.input[1] for node in proto.graph.node if node.op_type == "Conv"}
+    assert set(mlp) <= convs
     inferred = onnx.shape_inference.infer_shapes(proto)
     for value in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = value.type.tensor_type.shape.dim

@@ -370,5 +370,6 @@ def test_targets_command_reports_every_descriptor_and_recipe():
     forms = rows["openvino"]["graph_form_by_precision"]
     half = {"fp16": "native-depthwise", "bf16": "native-depthwise"}
     assert forms == {"fp32": "native-convtranspose", **half}
+    assert rows["onnx"]["graph_form_by_precision"] == {"fp32": "native-pointwise", "fp16": "native"}
     text = CliRunner().invoke(main, ["targets"]).output.splitlines()
     assert [line.split()[0] for line in text] == target_names()
