@@ -120,6 +120,12 @@ def _classes(value: str) -> list[str]:
     return names
 
 
+def _form_lines(report: dict[str, Any]) -> list[str]:
+    """The graph form of each project artifact timed (from its manifest), where recorded."""
+    forms = [f"{r['key']} {r['graph_form']}" for r in report["rows"] if r.get("graph_form")]
+    return [f"- Project artifacts' graph forms: {', '.join(forms)}"] if forms else []
+
+
 def _process_lines(report: dict[str, Any]) -> list[str]:
     """For a merged report: how many timing processes, their commands, and each process's
     ratio per goal (the spread the median hides)."""
@@ -316,6 +322,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"{s['order']}, every row and the floors' GEMMs in the same rounds; ms = median; "
         f"speed goals: median over {_rounds(report)} rounds of the per-round ratio.",
         *_process_lines(report),
+        *_form_lines(report),
         f"- Weights: {m['weights']['path']} ({m['weights']['sha256'][:19]}...); "
         f"{m['macs'] / 1e9:.2f} GMACs per image.",
         f"- Floors (2 x MACs / the peak GEMM rate measured in the same rounds): {floors}",

@@ -23,7 +23,7 @@ from restv2_edge.converters.base import (
 from restv2_edge.bench import peers as lib
 from restv2_edge.errors import DataError
 from restv2_edge.factory import create_model
-from restv2_edge.manifest import MANIFEST_NAME
+from restv2_edge.manifest import MANIFEST_NAME, Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,6 +148,10 @@ def test_separate_runs_merge_into_medians_and_keep_each_runs_goals() -> None:
     other["model"] = {"weights": {"sha256": "y"}, "macs": 10**9}
     with pytest.raises(DataError, match="different weights"):
         lib.merge_reports([report(8.0, 10.0, 1e11), other])
+    rebuilt = report(8.0, 10.0, 1e11)  # the artifact re-exported in another form in between
+    rebuilt["rows"][0]["graph_form"] = "native-pointwise"
+    with pytest.raises(DataError, match="project a/fp32 was measured in different graph forms"):
+        lib.merge_reports([report(8.0, 10.0, 1e11), rebuilt])
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +220,8 @@ def test_measure_times_project_and_peers_against_the_reference(seeded_work, tiny
     rows = {row["label"]: row for row in report["rows"]}
     project = rows["restv2-edge onnx fp32"]
     assert project["status"] == "ok" and project["latency"]["runs"] == 2
+    manifest = Manifest.read(lib.artifact_folder(work, "onnx", "fp32"))
+    assert project["graph_form"] == manifest.graph_form == "native-pointwise"
     assert project["accuracy"]["max_abs_diff"] <= 1e-4
     assert rows["fake eager reference"]["accuracy"]["max_abs_diff"] < 1e-5  # batch 1 vs 16
     broken = rows["fake broken toolchain"]
@@ -270,6 +276,7 @@ def test_script_writes_the_table_goals_and_chart(
     assert [row["status"] for row in report["rows"]] == ["ok", "ok", "failed"]
     text = out["md"].read_text()
     assert "| onnx | fp32 | restv2-edge onnx fp32 | ok |" in text
+    assert f"graph forms: onnx/fp32 {report['rows'][0]['graph_form']}" in text
     assert "failed: RuntimeError: toolchain exploded" in text
     assert "max \\|dlogit\\|" in text and "## Goals" in text
     assert report["machine"]["cpu"] in text

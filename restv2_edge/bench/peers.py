@@ -273,7 +273,8 @@ def open_project_rows(
         elif entry["status"] != "ok":
             row.update(status="failed", error=entry["error"])
         elif not reusable(folder, entry, target, precision):
-            row.update(status="failed", error=f"{folder} does not verify; rebuild it")
+            error = f"{folder} does not verify or is not in the graph form exported now; rebuild it"
+            row.update(status="failed", error=error)
         else:
             try:
                 manifest, runner = open_artifact(folder, threads)
@@ -282,6 +283,7 @@ def open_project_rows(
             else:
                 row.update(status="ok", runner=runner.description, artifact=str(folder))
                 row["parity_gate"] = (manifest.parity or {}).get("status")
+                row["graph_form"] = manifest.graph_form
                 row["_run"] = runner
         rows.append(row)
     return rows
@@ -484,6 +486,12 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     if len(weights) != 1:
         raise DataError("the reports were measured on different weights")
     by_key = [{row["key"]: row for row in r["rows"]} for r in reports]
+    for key in by_key[0]:
+        forms = {found[key].get("graph_form") for found in by_key if key in found}
+        if len(forms) > 1:
+            raise DataError(
+                f"{key} was measured in different graph forms: {sorted(map(str, forms))}"
+            )
     rows = []
     for row in first["rows"]:
         values = [found[row["key"]].get("ms") for found in by_key if row["key"] in found]
