@@ -9,7 +9,8 @@ dropped" in docs/graph-forms.md.
     python scripts/model_ideas.py tokens-2d --weights W/weights-seed1.pth
     python scripts/model_ideas.py one-head-3d --weights W/weights-seed1.pth
     python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
-    python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth
+    python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth \\
+        [--calibration W/calibration/inputs.npy] [--litert]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from runtime_ideas import (
     SIZE,
+    THREADS,
     example,
     machine_line,
     optimized_op_counts,
@@ -227,6 +229,32 @@ def onnx_int8_calls(
     return calls
 
 
+def litert_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]:
+    """Each variant converted as the LiteRT converter does (``convert_float``) and run by the
+    Interpreter with its XNNPACK delegate: one timing call each."""
+    from ai_edge_litert.interpreter import Interpreter
+    from restv2_edge.converters.litert import convert_float
+
+    calls = {}
+    for key, graph in variants.items():
+        path = folder / f"{key}.tflite"
+        path.write_bytes(convert_float(graph, torch.from_numpy(x)))
+        interpreter = Interpreter(model_path=str(path), num_threads=THREADS)
+        interpreter.allocate_tensors()
+        first_in = interpreter.get_input_details()[0]["index"]
+        first_out = interpreter.get_output_details()[0]["index"]
+
+        def call(
+            interpreter: Any = interpreter, first_in: int = first_in, first_out: int = first_out
+        ) -> Any:
+            interpreter.set_tensor(first_in, x)
+            interpreter.invoke()
+            return interpreter.get_tensor(first_out)
+
+        calls[f"litert {key}"] = call
+    return calls
+
+
 def compare(args: argparse.Namespace, makers: dict[str, Any]) -> None:
     """The native form (what the onnx converter exports) against each of ``makers`` (name ->
     variant builder) applied to it, in onnxruntime and OpenVINO (f32), fp32."""
@@ -248,10 +276,12 @@ def compare(args: argparse.Namespace, makers: dict[str, Any]) -> None:
         calls = onnx_calls(variants, x, Path(folder))
         if args.calibration is not None:
             calls.update(onnx_int8_calls(variants, x, Path(folder), args.calibration))
+        if args.litert:
+            calls.update(litert_calls(variants, x, Path(folder)))
     for key, graph in variants.items():
         converted = ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
         calls[f"openvino {key}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
-    for runtime in ("onnxruntime int8", "onnxruntime", "openvino"):
+    for runtime in ("onnxruntime int8", "onnxruntime", "openvino", "litert"):
         pair = {key: calls.pop(key) for key in list(calls) if key.startswith(runtime)}
         if pair:
             report(pair, args.runs)
@@ -304,6 +334,9 @@ def main() -> None:
             "--calibration",
             type=existing_file_arg,
             help="inputs.npy: also time each variant quantized by the onnx INT8 recipe",
+        )
+        command.add_argument(
+            "--litert", action="store_true", help="also time each variant through LiteRT"
         )
     args = parser.parse_args()
     print(machine_line())
