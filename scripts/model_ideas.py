@@ -37,7 +37,14 @@ from runtime_ideas import (
 )
 from torch import nn
 
-from restv2_edge.model import Attention, Block, Mlp, ResTV2, map_to_tokens, tokens_to_map
+from restv2_edge.model import (
+    Attention,
+    Block,
+    GraphForm,
+    ResTV2,
+    map_to_tokens,
+    tokens_to_map,
+)
 from restv2_edge.script_args import OneLineParser, existing_file_arg, timed_runs_arg
 
 
@@ -124,21 +131,6 @@ def norm_fold_graph(graph: ResTV2) -> ResTV2:
     return variant
 
 
-class ConvMlp(nn.Module):
-    """The MLP as two 1x1 convs on the (B, C, H, W) map, tokens in and out: onnxruntime runs
-    pointwise convs through its NCHWc kernels instead of Gemm."""
-
-    def __init__(self, mlp: Mlp, grid: tuple[int, int]) -> None:
-        super().__init__()
-        self.grid = grid
-        self.fc1 = _pointwise(mlp.fc1)
-        self.act = mlp.act
-        self.fc2 = _pointwise(mlp.fc2)
-
-    def forward(self, x: Any) -> Any:
-        return map_to_tokens(self.fc2(self.act(self.fc1(tokens_to_map(x, self.grid)))))
-
-
 def _pointwise(linear: nn.Linear) -> nn.Conv2d:
     conv = nn.Conv2d(linear.in_features, linear.out_features, 1)
     with torch.no_grad():
@@ -148,12 +140,12 @@ def _pointwise(linear: nn.Linear) -> nn.Conv2d:
 
 
 def mlp_conv_graph(graph: ResTV2, grids: set[tuple[int, int]] | None = None) -> ResTV2:
-    """A copy of ``graph`` (native form) whose block MLPs on ``grids`` (all when None) are
-    1x1 convs on the map."""
+    """A copy of ``graph`` (native form) whose block MLPs on ``grids`` (all when None) run
+    as the ``native-pointwise`` form's two 1x1 convs on the map (``Mlp._pointwise``)."""
     variant = copy.deepcopy(graph)
     for module in variant.modules():
         if isinstance(module, Block) and (grids is None or module.attn.grid in grids):
-            module.mlp = ConvMlp(module.mlp, module.attn.grid)
+            module.mlp.form = GraphForm.NATIVE_POINTWISE
     return variant
 
 

@@ -15,6 +15,7 @@ from conftest import TINY_CONFIG, TINY_IMAGE_SIZE, oracle_logits, oracle_model
 
 from restv2_edge.export import export_graph
 from restv2_edge.factory import create_model
+from restv2_edge.model import GraphForm
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -36,8 +37,8 @@ def _model_ideas():
         ("tokens_2d_graph", "Tokens2dAttention"),
         ("one_head_3d_graph", "OneHead3dAttention"),
         ("norm_fold_graph", None),
-        ("mlp_conv_graph", "ConvMlp"),
-        ("mlp_conv_ends_graph", "ConvMlp"),
+        ("mlp_conv_graph", "pointwise Mlp"),
+        ("mlp_conv_ends_graph", "pointwise Mlp"),
         ("linears_conv_graph", "PointwiseLinear"),
     ],
 )
@@ -47,7 +48,11 @@ def test_variant_computes_the_reference_function(
     ideas = _model_ideas()
     model = create_model(weights=tiny_checkpoint)
     variant = getattr(ideas, builder)(export_graph(model, "native", raw_input=False))
-    if module is not None:  # the variant's own module is in the graph
+    if module == "pointwise Mlp":  # the product's pointwise MLP, switched on in the copy
+        assert any(
+            getattr(m, "form", None) is GraphForm.NATIVE_POINTWISE for m in variant.modules()
+        )
+    elif module is not None:  # the variant's own module is in the graph
         assert any(type(m) is getattr(ideas, module) for m in variant.modules())
     else:
         assert variant.norm.weight is None and variant.stage1[0].norm2.weight is None
