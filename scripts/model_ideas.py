@@ -11,6 +11,8 @@ dropped" in docs/graph-forms.md.
     python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
     python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth \\
         [--calibration W/calibration/inputs.npy] [--litert]
+    python scripts/model_ideas.py ov-mlp-conv --weights W/weights-seed1.pth \\
+        [--calibration W/calibration/inputs.npy]
 """
 
 from __future__ import annotations
@@ -221,6 +223,41 @@ def onnx_int8_calls(
     return calls
 
 
+def ov_int8_calls(converted: dict[str, Any], x: Any, calibration: Path) -> dict[str, Any]:
+    """Each converted variant quantized with the OpenVINO INT8 recipe's NNCF settings
+    (calibration/openvino.py) on the same calibration images, run with float ops at f32: one
+    timing call each, and the worst cosine to its own f32 run."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+    from restv2_edge.calibration import openvino as recipe
+
+    inputs = np.load(calibration)
+    batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=recipe.SMOOTH_QUANT_ALPHA)
+    )
+    f32 = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32"}
+    calls = {}
+    for key, fp32 in converted.items():
+        with recipe.snippets_disabled():
+            quantized = nncf.quantize(
+                fp32, nncf.Dataset(batches), subset_size=len(batches),
+                model_type=nncf.ModelType.TRANSFORMER,
+                preset=nncf.QuantizationPreset(recipe.PRESET), advanced_parameters=advanced,
+            )  # fmt: skip
+        reference = ov.Core().compile_model(fp32, "CPU", f32)
+        compiled = ov.Core().compile_model(quantized, "CPU", f32)
+        expected = [np.asarray(reference(image[None])[0]) for image in inputs[:8]]
+        got = [np.asarray(compiled(image[None])[0]) for image in inputs[:8]]
+        print(f"{key} int8: worst cosine to its f32 {worst_cosine(expected, got):.6f}")
+        calls[f"openvino int8 {key}"] = ov_call(quantized, {"INFERENCE_PRECISION_HINT": "f32"}, x)
+    return calls
+
+
 def litert_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]:
     """Each variant converted as the LiteRT converter does (``convert_float``) and run by the
     Interpreter with its XNNPACK delegate: one timing call each."""
@@ -247,33 +284,46 @@ def litert_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, An
     return calls
 
 
-def compare(args: argparse.Namespace, makers: dict[str, Any]) -> None:
-    """The native form (what the onnx converter exports) against each of ``makers`` (name ->
-    variant builder) applied to it, in onnxruntime and OpenVINO (f32), fp32."""
+def compare(
+    args: argparse.Namespace,
+    makers: dict[str, Any],
+    base_form: str = "native",
+    onnx: bool = True,
+) -> None:
+    """``base_form`` (native: what the onnx converter exports) against each of ``makers``
+    (name -> variant builder) applied to it, in OpenVINO (f32) and, with ``onnx``, in
+    onnxruntime, fp32."""
     import openvino as ov
 
     from restv2_edge.export import export_graph
     from restv2_edge.factory import create_model
 
     model = create_model("T", image_size=SIZE, weights=args.weights)
-    native = export_graph(model, "native", raw_input=False)
-    variants = {"native": native, **{name: make(native) for name, make in makers.items()}}
+    base = export_graph(model, base_form, raw_input=False)
+    variants = {base_form: base, **{name: make(base) for name, make in makers.items()}}
     x = example()
     with torch.no_grad():
         logits = {key: graph(torch.from_numpy(x)) for key, graph in variants.items()}
     for name in makers:
-        difference = (logits["native"] - logits[name]).abs().max().item()
-        print(f"max |dlogit| {name} vs native (eager): {difference:.1e}")
+        difference = (logits[base_form] - logits[name]).abs().max().item()
+        print(f"max |dlogit| {name} vs {base_form} (eager): {difference:.1e}")
+    calls = {}
     with tempfile.TemporaryDirectory(prefix="restv2-model-ideas-") as folder:
-        calls = onnx_calls(variants, x, Path(folder))
-        if args.calibration is not None:
+        if onnx:
+            calls.update(onnx_calls(variants, x, Path(folder)))
+        if onnx and args.calibration is not None:
             calls.update(onnx_int8_calls(variants, x, Path(folder), args.calibration))
         if args.litert:
             calls.update(litert_calls(variants, x, Path(folder)))
-    for key, graph in variants.items():
-        converted = ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
-        calls[f"openvino {key}"] = ov_call(converted, {"INFERENCE_PRECISION_HINT": "f32"}, x)
-    for runtime in ("onnxruntime int8", "onnxruntime", "openvino", "litert"):
+    converted = {
+        key: ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
+        for key, graph in variants.items()
+    }
+    for key, ov_model in converted.items():
+        calls[f"openvino {key}"] = ov_call(ov_model, {"INFERENCE_PRECISION_HINT": "f32"}, x)
+    if not onnx and args.calibration is not None:
+        calls.update(ov_int8_calls(converted, x, args.calibration))
+    for runtime in ("onnxruntime int8", "onnxruntime", "openvino int8", "openvino", "litert"):
         pair = {key: calls.pop(key) for key in list(calls) if key.startswith(runtime)}
         if pair:
             report(pair, args.runs)
@@ -307,6 +357,12 @@ def mlp_conv(args: argparse.Namespace) -> None:
     )
 
 
+def ov_mlp_conv(args: argparse.Namespace) -> None:
+    """OpenVINO's fp32 and int8 form (native-convtranspose) with its block MLPs as 1x1 convs
+    too, against that form alone (int8 with ``--calibration``)."""
+    compare(args, {"convtranspose+mlp-conv": mlp_conv_graph}, "native-convtranspose", False)
+
+
 def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,6 +371,7 @@ def main() -> None:
         ("one-head-3d", one_head_3d),
         ("norm-fold", norm_fold),
         ("mlp-conv", mlp_conv),
+        ("ov-mlp-conv", ov_mlp_conv),
     ):
         command = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         command.set_defaults(func=func)
@@ -325,7 +382,8 @@ def main() -> None:
         command.add_argument(
             "--calibration",
             type=existing_file_arg,
-            help="inputs.npy: also time each variant quantized by the onnx INT8 recipe",
+            help="inputs.npy: also time each variant quantized by the onnx INT8 recipe "
+            "(ov-mlp-conv: the OpenVINO one)",
         )
         command.add_argument(
             "--litert", action="store_true", help="also time each variant through LiteRT"

@@ -18,7 +18,7 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py ov-weight-int8 $A/openvino-fp32/model.xml \\
         $A/openvino-int8/model.xml --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py hugepages $A/onnx-fp32/model.onnx
-    python scripts/runtime_ideas.py onnx-int8 $A/onnx-fp32/model.onnx \\
+    python scripts/runtime_ideas.py onnx-int8 --weights W/weights-seed1.pth \\
         --calibration W/calibration/inputs.npy [--variant "Transpose QDQ, forced" ...]
     python scripts/runtime_ideas.py onnx-shuffle $A/onnx-fp32/model.onnx $A/onnx-int8/model.onnx
     python scripts/runtime_ideas.py ort-fusions $A/onnx-fp32/model.onnx \\
@@ -49,7 +49,7 @@ from restv2_edge.calibration.sensitivity import cosine
 
 from restv2_edge.bench.machine import describe_machine, machine_info
 from restv2_edge.bench.timing import BLOCK, per_round_ratio, summarize, time_round_robin
-from restv2_edge.script_args import OneLineParser, timed_runs_arg
+from restv2_edge.script_args import OneLineParser, existing_file_arg, timed_runs_arg
 
 THREADS = 2
 SIZE = 224
@@ -64,6 +64,8 @@ ONNX_INT8_VARIANTS = (
     "int8 symmetric activations (S8S8)",
     "Transpose QDQ, forced",
     "DepthToSpace/Transpose QDQ, forced",
+    "QOperator format",
+    "+ Add QDQ",
 )
 
 
@@ -416,17 +418,40 @@ def hugepages(args: argparse.Namespace) -> None:
         print(f"{name}: median ms per process {ms}; AnonHugePages MB {[r[1] for r in rows]}")
 
 
+def recipe_fp32_onnx(model: Any, x: np.ndarray, work: Path) -> Path:
+    """The fp32 ONNX file the onnx INT8 recipe quantizes, built as its export does: the
+    converter's graph form for int8 (not the fp32 artifact's), exported by the converter."""
+    import torch
+    from restv2_edge.converters.base import ExportRequest
+    from restv2_edge.converters.onnx import CONVERTER, MODEL_FILE
+
+    from restv2_edge.export import export_graph
+
+    form = CONVERTER.graph_form_for(ExportRequest(precision="int8"))
+    folder = work / f"fp32-{form}"
+    folder.mkdir()
+    graph = export_graph(model, form, raw_input=False)
+    CONVERTER.export(graph, torch.from_numpy(x), folder, ExportRequest(), lambda step: None)
+    print(f"recipe input: fp32 in the {form!r} form")
+    return folder / MODEL_FILE
+
+
 def onnx_int8(args: argparse.Namespace) -> None:
-    """Variants of the onnx INT8 recipe (calibration/onnx.py) on the same fp32 graph and
-    calibration images; latency and the worst cosine to the fp32 logits on 8 images."""
+    """Variants of the onnx INT8 recipe (calibration/onnx.py) on the recipe's own fp32 graph
+    (exported from ``--weights``) and the same calibration images; latency and the worst
+    cosine to the fp32 logits on 8 images."""
     import onnx
     import onnxruntime.quantization as quantization
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from restv2_edge.calibration import onnx as recipe
 
+    from restv2_edge.factory import create_model
+
     inputs = np.load(args.calibration)
     batches = [inputs[i : i + 1] for i in range(len(inputs))]
     work = args.work
+    model = create_model("T", image_size=SIZE, weights=str(args.weights))
+    args.model = str(recipe_fp32_onnx(model, example(), work))
     quant_pre_process(args.model, str(work / "prepared.onnx"), skip_symbolic_shape=True)
     prepared = onnx.load(str(work / "prepared.onnx"))
     constants = {init.name for init in prepared.graph.initializer}
@@ -457,6 +482,12 @@ def onnx_int8(args: argparse.Namespace) -> None:
             "force": True,
             "recipe_excludes": True,
         },
+        "QOperator format": {"quant_format": "QOperator"},
+        "+ Add QDQ": {
+            "ops": [*recipe_ops, "Add"],
+            "outputs_float": recipe_ops,
+            "recipe_excludes": True,
+        },
     }
     assert tuple(variants) == ONNX_INT8_VARIANTS
     chosen = {"recipe", *(args.variant or variants)}
@@ -477,6 +508,8 @@ def onnx_int8(args: argparse.Namespace) -> None:
                 # move int8 data where a quantized op follows
                 extra["ForceQuantizeNoInputCheck"] = change.get("force", False)
                 kw["extra_options"] = extra
+            if "quant_format" in change:
+                kw["quant_format"] = quantization.QuantFormat[change["quant_format"]]
             if change.get("symmetric_activations"):
                 kw["activation_type"] = quantization.QuantType.QInt8
                 kw["extra_options"] = {**kw["extra_options"], "ActivationSymmetric": True}
@@ -808,7 +841,7 @@ def main() -> None:
         ("ov-int8-scheme", ov_int8_scheme, ["model"]),
         ("ov-weight-int8", ov_weight_int8, ["fp32", "int8"]),
         ("hugepages", hugepages, ["model"]),
-        ("onnx-int8", onnx_int8, ["model"]),
+        ("onnx-int8", onnx_int8, []),
         ("onnx-shuffle", onnx_shuffle, ["models"]),
         ("ort-fusions", ort_fusions, ["model"]),
         ("upsample", upsample, []),
@@ -830,6 +863,9 @@ def main() -> None:
     sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
     sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    sub.choices["onnx-int8"].add_argument(
+        "--weights", type=existing_file_arg, required=True, help="the T checkpoint (.pth)"
+    )
     sub.choices["onnx-int8"].add_argument(
         "--variant",
         action="append",

@@ -20,10 +20,10 @@ from restv2_edge.model import GraphForm
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _model_ideas():
+def _script(name: str):
     sys.path.insert(0, str(SCRIPTS))  # model_ideas imports its sibling runtime_ideas
     try:
-        spec = importlib.util.spec_from_file_location("model_ideas", SCRIPTS / "model_ideas.py")
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -31,23 +31,28 @@ def _model_ideas():
     return module
 
 
+def _model_ideas():
+    return _script("model_ideas")
+
+
 @pytest.mark.parametrize(
-    ("builder", "module"),
+    ("builder", "module", "base_form"),
     [
-        ("tokens_2d_graph", "Tokens2dAttention"),
-        ("one_head_3d_graph", "OneHead3dAttention"),
-        ("norm_fold_graph", None),
-        ("mlp_conv_graph", "pointwise Mlp"),
-        ("mlp_conv_ends_graph", "pointwise Mlp"),
-        ("linears_conv_graph", "PointwiseLinear"),
+        ("tokens_2d_graph", "Tokens2dAttention", "native"),
+        ("one_head_3d_graph", "OneHead3dAttention", "native"),
+        ("norm_fold_graph", None, "native"),
+        ("mlp_conv_graph", "pointwise Mlp", "native"),
+        ("mlp_conv_graph", "pointwise Mlp", "native-convtranspose"),
+        ("mlp_conv_ends_graph", "pointwise Mlp", "native"),
+        ("linears_conv_graph", "PointwiseLinear", "native"),
     ],
 )
 def test_variant_computes_the_reference_function(
-    tiny_checkpoint: Path, builder: str, module: str | None
+    tiny_checkpoint: Path, builder: str, module: str | None, base_form: str
 ) -> None:
     ideas = _model_ideas()
     model = create_model(weights=tiny_checkpoint)
-    variant = getattr(ideas, builder)(export_graph(model, "native", raw_input=False))
+    variant = getattr(ideas, builder)(export_graph(model, base_form, raw_input=False))
     if module == "pointwise Mlp":  # the product's pointwise MLP, switched on in the copy
         assert any(
             getattr(m, "form", None) is GraphForm.NATIVE_POINTWISE for m in variant.modules()
@@ -79,3 +84,28 @@ def test_too_few_timed_runs_is_one_error_line(script):
         "error: argument --runs: 3 is not an integer of at least 5"
     ]
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_onnx_int8_ideas_quantize_the_recipes_own_fp32_form(tiny_checkpoint, tmp_path):
+    """``runtime_ideas onnx-int8`` starts from the graph the int8 export quantizes (native
+    MLPs as Gemm/MatMul), not the fp32 artifact's pointwise form, and that file computes the
+    reference function."""
+    import onnx
+    import onnxruntime as ort
+
+    ideas = _script("runtime_ideas")
+    images = np.random.default_rng(1).standard_normal((1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+    images = images.astype(np.float32)
+    path = ideas.recipe_fp32_onnx(create_model(weights=tiny_checkpoint), images, tmp_path)
+    graph = onnx.load(str(path)).graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    pointwise = [
+        node
+        for node in graph.node
+        if node.op_type == "Conv" and weights.get(node.input[1], [0, 0, 0])[2:] == [1, 1]
+    ]
+    assert len(pointwise) == 1  # the stem's projection; the block MLPs stay linears
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    expected = oracle_logits(oracle_model(tiny_checkpoint, **TINY_CONFIG), images)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
