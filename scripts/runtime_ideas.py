@@ -451,8 +451,8 @@ def onnx_int8(args: argparse.Namespace) -> None:
     batches = [inputs[i : i + 1] for i in range(len(inputs))]
     work = args.work
     model = create_model("T", image_size=SIZE, weights=str(args.weights))
-    args.model = str(recipe_fp32_onnx(model, example(), work))
-    quant_pre_process(args.model, str(work / "prepared.onnx"), skip_symbolic_shape=True)
+    fp32_path = recipe_fp32_onnx(model, example(), work)
+    quant_pre_process(str(fp32_path), str(work / "prepared.onnx"), skip_symbolic_shape=True)
     prepared = onnx.load(str(work / "prepared.onnx"))
     constants = {init.name for init in prepared.graph.initializer}
     attention = [
@@ -522,14 +522,14 @@ def onnx_int8(args: argparse.Namespace) -> None:
         quantization.quantize_static = patched
         try:
             recipe.quantize_onnx_file(
-                Path(args.model), path, batches, "input", recipe.DEFAULT_METHOD,
+                fp32_path, path, batches, "input", recipe.DEFAULT_METHOD,
                 change.get("exclude"), cache=cache,
             )  # fmt: skip
         finally:
             quantization.quantize_static = real
         paths[name] = str(path)
     images = inputs[:8]
-    fp32 = ort_session(args.model)
+    fp32 = ort_session(str(fp32_path))
     reference = np.concatenate([fp32.run(None, {"input": img[None]})[0] for img in images])
     calls = {"fp32": ort_call(fp32, images[:1])}
     for name, path in paths.items():
