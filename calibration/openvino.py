@@ -98,15 +98,33 @@ def _float_weight_ops(model: Any) -> set[str]:
     return names
 
 
+def nncf_settings(subset_size: int, keep_float: Any = ()) -> tuple[dict[str, Any], Any]:
+    """The recipe's ``nncf.quantize`` keyword arguments (TRANSFORMER model type, the preset,
+    ``keep_float`` node names ignored) and its advanced parameters (SmoothQuant off)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    keep = list(keep_float)
+    settings: dict[str, Any] = {
+        "model_type": nncf.ModelType.TRANSFORMER,
+        "preset": nncf.QuantizationPreset(PRESET),
+        "subset_size": subset_size,
+        "ignored_scope": nncf.IgnoredScope(names=keep) if keep else None,
+    }
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+    )
+    return settings, advanced
+
+
 def _export(
     model: Any, example: Any, workdir: Path, request: Any, progress: Any, accuracy: Any
 ) -> Any:
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
     from restv2_edge.converters.openvino import CONVERTER, MODEL_FILE, canonical_names
 
     batches = regroup(calibration_batches(model, request), request.batch_size)
@@ -115,16 +133,7 @@ def _export(
     fp32_request.dynamic_batch = request.dynamic_batch or request.batch_size > 1
     staging = workdir / "fp32"
     staging.mkdir()
-    keep = list(request.quantization.keep_float)
-    settings: dict[str, Any] = {
-        "model_type": nncf.ModelType.TRANSFORMER,
-        "preset": nncf.QuantizationPreset(PRESET),
-        "subset_size": len(batches),
-        "ignored_scope": nncf.IgnoredScope(names=keep) if keep else None,
-    }
-    advanced = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
-    )
+    settings, advanced = nncf_settings(len(batches), request.quantization.keep_float)
     max_drop: dict[str, Any] | None = None
     try:
         result = CONVERTER.export(model, example, staging, fp32_request, progress)

@@ -229,26 +229,18 @@ def ov_int8_calls(converted: dict[str, Any], x: Any, calibration: Path) -> dict[
     timing call each, and the worst cosine to its own f32 run."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
     from restv2_edge.calibration import openvino as recipe
 
     inputs = np.load(calibration)
     batches = [inputs[i : i + 1] for i in range(len(inputs))]
-    advanced = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=recipe.SMOOTH_QUANT_ALPHA)
-    )
+    settings, advanced = recipe.nncf_settings(len(batches))
     f32 = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32"}
     calls = {}
     for key, fp32 in converted.items():
         with recipe.snippets_disabled():
             quantized = nncf.quantize(
-                fp32, nncf.Dataset(batches), subset_size=len(batches),
-                model_type=nncf.ModelType.TRANSFORMER,
-                preset=nncf.QuantizationPreset(recipe.PRESET), advanced_parameters=advanced,
-            )  # fmt: skip
+                fp32, nncf.Dataset(batches), advanced_parameters=advanced, **settings
+            )
         reference = ov.Core().compile_model(fp32, "CPU", f32)
         compiled = ov.Core().compile_model(quantized, "CPU", f32)
         expected = [np.asarray(reference(image[None])[0]) for image in inputs[:8]]
