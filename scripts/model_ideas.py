@@ -142,8 +142,9 @@ def _pointwise(linear: nn.Linear) -> nn.Conv2d:
 
 
 def mlp_conv_graph(graph: ResTV2, grids: set[tuple[int, int]] | None = None) -> ResTV2:
-    """A copy of ``graph`` (native form) whose block MLPs on ``grids`` (all when None) run
-    as the ``native-pointwise`` form's two 1x1 convs on the map (``Mlp._pointwise``)."""
+    """A copy of ``graph`` (native or native-convtranspose form) whose block MLPs on ``grids``
+    (all when None) run as the ``native-pointwise`` form's two 1x1 convs on the map
+    (``Mlp._pointwise``)."""
     variant = copy.deepcopy(graph)
     for module in variant.modules():
         if isinstance(module, Block) and (grids is None or module.attn.grid in grids):
