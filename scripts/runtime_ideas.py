@@ -280,20 +280,14 @@ def ov_int8_scheme(args: argparse.Namespace) -> None:
     calibration images; latency and the worst logits cosine to the fp32 IR on 8 images."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
-    from restv2_edge.calibration.openvino import SMOOTH_QUANT_ALPHA, snippets_disabled
+    from restv2_edge.calibration.openvino import nncf_settings, snippets_disabled
 
     inputs = np.load(args.calibration)
     batches = [inputs[i : i + 1] for i in range(len(inputs))]
     core = ov.Core()
     fp32 = core.read_model(args.model)
     f32 = {"INFERENCE_PRECISION_HINT": "f32"}
-    advanced = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
-    )
+    _, advanced = nncf_settings(len(batches))  # SmoothQuant off, as in the recipe
     variants = {
         "TRANSFORMER, mixed preset": {"model_type": nncf.ModelType.TRANSFORMER},
         "TRANSFORMER, performance (recipe)": {

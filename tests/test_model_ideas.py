@@ -31,10 +31,6 @@ def _script(name: str):
     return module
 
 
-def _model_ideas():
-    return _script("model_ideas")
-
-
 @pytest.mark.parametrize(
     ("builder", "module", "base_form"),
     [
@@ -50,7 +46,7 @@ def _model_ideas():
 def test_variant_computes_the_reference_function(
     tiny_checkpoint: Path, builder: str, module: str | None, base_form: str
 ) -> None:
-    ideas = _model_ideas()
+    ideas = _script("model_ideas")
     model = create_model(weights=tiny_checkpoint)
     variant = getattr(ideas, builder)(export_graph(model, base_form, raw_input=False))
     if module == "pointwise Mlp":  # the product's pointwise MLP, switched on in the copy
