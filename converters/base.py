@@ -191,6 +191,8 @@ class OpProfile:
     ops: tuple[OpTime, ...]
     #: what the profiler could not attribute or how its numbers are to be read
     notes: tuple[str, ...] = ()
+    #: what one entry of ``ops`` is: a graph ``node``, or a sampled ``kernel`` symbol
+    unit: str = "node"
 
 
 class Runner(abc.ABC):

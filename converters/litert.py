@@ -13,10 +13,12 @@ delegates are not offered.
 The native graph form measured faster in LiteRT than the decomposed one (docs/graph-forms.md).
 The export records how the XNNPACK delegate takes the graph (``export.delegation``).
 
-Profile: none here. ai-edge-litert's Python Interpreter exposes no per-op timings (its
+Profile: ai-edge-litert's Python Interpreter exposes no per-op timings (its
 ``experimental_force_delegate_node_profiling`` switch has no reader in the bindings), so
-``LiteRTRunner.profile`` raises ProfileError naming the tool that has them: TFLite's
-``benchmark_model`` binary with ``--enable_op_profiling=true``.
+``LiteRTRunner.profile`` samples the kernels the calls run with Linux perf
+(``restv2_edge.kernel_samples``: XNNPACK microkernel families, TFLite's own kernels for what
+the delegate left out). Without perf it raises ProfileError naming perf and TFLite's
+``benchmark_model`` binary (``--enable_op_profiling=true``), which has per-node times.
 
 Peer (``PEERS``): the official-structure graph through ``litert_torch.convert(model,
 (example,))`` (its defaults, no signature names), run by the Interpreter with its defaults but
@@ -61,9 +63,9 @@ OUTPUT_NAME = "logits"
 SIGNATURE = "serving_default"
 #: the .tflite the peer writes into its work folder
 PEER_FILE = "peer-fp32.tflite"
-#: why ``LiteRTRunner.profile`` has no profile, and where one comes from
+#: where per-node times come from when ``LiteRTRunner.profile`` cannot sample kernels
 NO_PROFILER = (
-    "ai-edge-litert's Python Interpreter exposes no per-op profiler; profile the .tflite with "
+    "ai-edge-litert's Python Interpreter exposes no per-op profiler; per-node times come from "
     "TFLite's benchmark_model binary (--graph=model.tflite --enable_op_profiling=true)"
 )
 #: ``export.weights`` per precision (int8: the int8 recipe, calibration/litert.py)
@@ -125,8 +127,15 @@ class LiteRTRunner(Runner):
         return arrays[0] if len(arrays) == 1 else arrays
 
     def profile(self, x: np.ndarray, runs: int) -> OpProfile:
-        """No per-op timings from these bindings: ProfileError naming the tool that has them."""
-        raise ProfileError(NO_PROFILER)
+        """The kernels ``runs`` calls run, sampled by Linux perf after one warm-up call
+        (these bindings have no per-op timings); ProfileError without perf."""
+        from restv2_edge.kernel_samples import sample_calls
+
+        self.run_batch(x)
+        try:
+            return sample_calls(lambda: self.run_batch(x), runs, self.threads, "LiteRT")
+        except ProfileError as exc:
+            raise ProfileError(f"{exc}; {NO_PROFILER}") from None
 
 
 class LiteRTConverter(Converter):

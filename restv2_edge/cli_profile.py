@@ -15,26 +15,30 @@ from restv2_edge.cli_types import POSITIVE_INT, ImageSize, device_option
 
 
 def _print(report: dict[str, Any], out: Any) -> None:
+    """The report as text; names from profilers (``[vdso]``, ``x[0]``) are not rich markup."""
+
+    def say(text: str) -> None:
+        out.print(text, markup=False)
+
     check = report["sum"]
     e2e = report["end_to_end"]
     source = report["artifact"] or f"eager ResTv2-{report['variant']}"
-    out.print(f"{source}: {report['runner']}")
-    out.print(f"profiler: {report['profiler']} ({report['runs']} runs, {report['input']})")
+    say(f"{source}: {report['runner']}")
+    say(f"profiler: {report['profiler']} ({report['runs']} runs, {report['input']})")
+    unit = report["unit"]
     for row in report["op_types"]:
-        out.print(
-            f"  {row['ms']:9.3f} ms {row['share']:6.1%}  {row['op_type']} ({row['count']} nodes)"
-        )
-    out.print("top ops:")
+        say(f"  {row['ms']:9.3f} ms {row['share']:6.1%}  {row['op_type']} ({row['count']} {unit}s)")
+    say("top ops:")
     for op in report["top_ops"]:
-        out.print(f"  {op['ms']:9.3f} ms  {op['name']} ({op['op_type']})")
+        say(f"  {op['ms']:9.3f} ms  {op['name']} ({op['op_type']})")
     share = report["delegation"]
     if share:
-        out.print(
-            f"delegated nodes {share['delegated']} ({share['delegated_ms']:.2f} ms), fallback "
+        say(
+            f"delegated {unit}s {share['delegated']} ({share['delegated_ms']:.2f} ms), fallback "
             f"{share['fallback']} ({share['fallback_ms']:.2f} ms)"
         )
     for note in report["notes"]:
-        out.print(f"note: {note}")
+        say(f"note: {note}")
     line = (
         f"sum {check['sum_ms']:.2f} ms vs end-to-end {e2e['median_ms']:.2f} ms (median of "
         f"{e2e['runs']} normal calls): ratio {check['ratio']:.2f}"
@@ -42,7 +46,7 @@ def _print(report: dict[str, Any], out: Any) -> None:
     if check.get("round_ratios"):
         line += f" (median over {len(check['round_ratios'])} rounds of the round's ratio)"
     if check["within"]:
-        out.print(f"{line}, within +-{check['tolerance']:.0%}")
+        say(f"{line}, within +-{check['tolerance']:.0%}")
     else:
         out.print(f"[yellow]{line}: OUTSIDE +-{check['tolerance']:.0%}[/]")
     if report["synthetic"]:

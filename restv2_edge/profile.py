@@ -97,6 +97,7 @@ def summarize_profile(
     sum_ms = sum(op.ms for op in profile.ops)
     return {
         "profiler": profile.profiler,
+        "unit": profile.unit,
         "runs": profile.runs,
         "notes": list(profile.notes),
         "ops": len(profile.ops),
@@ -150,7 +151,7 @@ def merge_profiles(profiles: list[OpProfile]) -> OpProfile:
         for name, ms in total.items()
     )
     notes = (*profiles[0].notes, f"{len(profiles)} profiled rounds alternated with normal calls")
-    return OpProfile(profiler=profiles[0].profiler, runs=runs, ops=ops, notes=notes)
+    return OpProfile(profiles[0].profiler, runs, ops, notes, profiles[0].unit)
 
 
 def profile_input(manifest: Any, data: Any = None) -> tuple[np.ndarray, str]:
@@ -285,6 +286,7 @@ def _per_round(check: dict[str, Any]) -> str:
 def profile_markdown(report: dict[str, Any], types: int = 12) -> str:
     """One profile as markdown: the sum check, the op types, the top ops, delegation."""
     check = report["sum"]
+    unit = report["unit"]
     flag = "within" if check["within"] else "OUTSIDE"
     lines = [
         f"Profiler: {report['profiler']}; {report['runs']} profiled runs of one batch of "
@@ -294,7 +296,7 @@ def profile_markdown(report: dict[str, Any], types: int = 12) -> str:
         f"{check['end_to_end_ms']:.2f} ms (median of normal calls): ratio {check['ratio']:.2f}"
         f"{_per_round(check)}, {flag} +-{check['tolerance']:.0%}.",
         "",
-        "| op type | nodes | ms | share |",
+        f"| op type | {unit}s | ms | share |",
         "|---|---|---|---|",
     ]
     for row in report["op_types"][:types]:
@@ -313,8 +315,8 @@ def profile_markdown(report: dict[str, Any], types: int = 12) -> str:
     if share:
         lines += [
             "",
-            f"Delegated nodes: {share['delegated']} ({share['delegated_ms']:.2f} ms); fallback "
-            f"nodes: {share['fallback']} ({share['fallback_ms']:.2f} ms"
+            f"Delegated {unit}s: {share['delegated']} ({share['delegated_ms']:.2f} ms); "
+            f"fallback {unit}s: {share['fallback']} ({share['fallback_ms']:.2f} ms"
             + (f": {', '.join(share['fallback_types'])})" if share["fallback_types"] else ")"),
         ]
     lines += [f"- {note}" for note in report["notes"]]

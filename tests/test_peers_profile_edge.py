@@ -3,11 +3,13 @@
 Peers are built from the independent official-structure model (tests/reference_restv2.py) and
 checked against it on photos. ExecuTorch profiles are checked against the runtime itself (the
 delegation the lowered program reports, the wall time of the profiled calls) and the runner's
-normal path; LiteRT and Core ML have no per-op profiler here and must say so in one line.
+normal path. LiteRT's profile samples its kernels with Linux perf and is checked against the
+wall time of the profiled calls; Core ML has no profiler here and must say so in one line.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -211,13 +213,48 @@ def test_litert_fp32_peer_matches_the_reference(reference, photos, tmp_path) -> 
     assert (tmp_path / "peer-fp32.tflite").is_file()
 
 
-@pytest.mark.parametrize(
-    ("target", "precision", "says"),
-    [("litert", "fp32", "benchmark_model"), ("coreml", "fp16", "macOS")],
-)
-def test_profile_refuses_in_one_line(tiny_artifact, photos, target, precision, says) -> None:
-    folder, _ = tiny_artifact(target, precision)
+def test_coreml_profile_refuses_in_one_line(tiny_artifact, photos) -> None:
+    folder, _ = tiny_artifact("coreml", "fp16")
     _, runner = open_artifact(folder)
     with pytest.raises(ProfileError) as info:
         runner.profile(photos[:1], RUNS)
-    assert says in _first_line_error(info)
+    assert "macOS" in _first_line_error(info)
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="Linux perf is not installed")
+def test_litert_profile_samples_the_xnnpack_kernels(tiny_artifact, photos) -> None:
+    """perf attributes the profiled calls to XNNPACK (its microkernels, the GEMMs among them,
+    and its thread pool: the tiny model's calls are ~0.2 ms, much of it dispatch), within the
+    wall time those calls took."""
+    pytest.importorskip("ai_edge_litert")
+    folder, _ = tiny_artifact("litert", "fp32")
+    _, runner = open_artifact(folder)
+    x, runs = photos[:1], 200
+    before = runner(x)
+    fastest = min(_timed(runner, x) for _ in range(3))
+    start = time.perf_counter()
+    result = runner.profile(x, runs)
+    wall_ms = (time.perf_counter() - start) * 1000
+    assert result.runs == runs and result.unit == "kernel" and "Linux perf" in result.profiler
+    total = sum(op.ms for op in result.ops)
+    pool = "thread pool (dispatch, waiting)"
+    xnnpack = sum(op.ms for op in result.ops if op.delegated or op.op_type == pool)
+    assert any(op.op_type == "XNNPACK f32_gemm_minmax" for op in result.ops), result
+    assert xnnpack >= 0.5 * total, result
+    assert 0.1 * fastest * 1000 <= total and total * runs <= wall_ms, (total, fastest, wall_ms)
+    np.testing.assert_array_equal(runner(x), before)
+    with pytest.raises(ProfileError):
+        runner.profile(x, 0)
+
+
+def test_litert_profile_without_perf_is_one_line(tiny_artifact, photos, monkeypatch) -> None:
+    import restv2_edge.kernel_samples as kernel_samples
+
+    pytest.importorskip("ai_edge_litert")
+    folder, _ = tiny_artifact("litert", "fp32")
+    _, runner = open_artifact(folder)
+    monkeypatch.setattr(kernel_samples.shutil, "which", lambda name: None)
+    with pytest.raises(ProfileError) as info:
+        runner.profile(photos[:1], RUNS)
+    message = _first_line_error(info)
+    assert "apt install linux-perf" in message and "benchmark_model" in message

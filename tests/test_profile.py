@@ -210,3 +210,23 @@ def test_profile_report_needs_a_built_work_folder(tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
     assert not out.exists()
+
+
+def test_the_report_prints_profiler_names_verbatim() -> None:
+    """Sampled symbols such as ``[vdso]`` are text, not rich markup; kernels are called so."""
+    import io
+
+    from rich.console import Console
+
+    from restv2_edge.cli_profile import _print
+    from restv2_edge.profile import summarize_profile
+
+    ops = (OpTime("__vdso_clock_gettime", "other ([vdso])", 1.0), OpTime("x[0]", "Gemm", 2.0))
+    profile = OpProfile("sampler", 2, ops, ("a [note]",), unit="kernel")
+    report = summarize_profile(profile, {"median_ms": 3.0, "runs": 4})
+    report.update(artifact="art", runner="r", input="photos", synthetic=False)
+    buffer = io.StringIO()
+    _print(report, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "other ([vdso]) (1 kernels)" in text and "x[0] (Gemm)" in text
+    assert "note: a [note]" in text
