@@ -437,8 +437,9 @@ DESCRIPTOR = TargetDescriptor(
     packages=("ai_edge_litert",),
     precisions=("fp32", "fp16"),
     default_precision="fp32",
-    # Measured (docs/graph-forms.md): native 0.94-0.96 of decomposed's latency in LiteRT.
-    graph_form="native",
+    # Measured (docs/graph-forms.md): native 0.94-0.96 of decomposed's latency in LiteRT;
+    # the one-head attention batched leaves no op outside XNNPACK.
+    graph_form="native-onehead-batched",
     suffix=".tflite",
     converter=CONVERTER,
     manifest_fields=("signature", "ops", "op_types", "weights", "float16_tensors", "delegation"),

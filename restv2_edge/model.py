@@ -16,7 +16,7 @@ the official detection/segmentation backbone (``object_detection/restv2/restv2.p
 through its own channels-first LayerNorm (docs/backbone.md). The input size is one side or
 (height, width), each a multiple of 32.
 
-One set of weights, five graph forms (``GraphForm``), chosen per target by measurement
+One set of weights, six graph forms (``GraphForm``), chosen per target by measurement
 (docs/graph-forms.md):
 - ``native``: native LayerNorm, 4-D multi-head matmuls, native pixel shuffle (depth-to-space).
 - ``decomposed``: everything as linear/bmm/conv so that one XNNPACK delegate takes the whole
@@ -31,6 +31,11 @@ One set of weights, five graph forms (``GraphForm``), chosen per target by measu
   with the same filters rearranged: no depth-to-space (same weights and checkpoint layout).
 - ``native-pointwise``: native, except that each block's MLP runs on the (B, C, H, W) map as
   two 1x1 convs (onnxruntime's NCHWc pointwise kernels instead of its Gemm; same weights).
+- ``native-onehead-batched``: native, except that a one-head attention (T's stage 1) splits
+  its query rows into two halves and runs both matmuls as a batch of two against K/V stacked
+  twice: litert-torch writes a one-head ``q @ k^T`` as a ``FULLY_CONNECTED`` with an
+  activation for weights, which XNNPACK refuses, and a batched one as ``BATCH_MATMUL``,
+  which it takes (same weights; the batch axis untouched).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class GraphForm(str, enum.Enum):
     NATIVE_CONVTRANSPOSE = "native-convtranspose"
     #: native, but each block's MLP runs as two 1x1 convs on the feature map
     NATIVE_POINTWISE = "native-pointwise"
+    #: native, but a one-head attention runs as a batch of two matmuls (query rows halved)
+    NATIVE_ONEHEAD_BATCHED = "native-onehead-batched"
 
 
 class LayerNorm(nn.LayerNorm):
@@ -170,12 +177,25 @@ class Attention(nn.Module):
         return self.proj(out + self.up_norm(identity))
 
     def _attend_4d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batched = self.form is GraphForm.NATIVE_ONEHEAD_BATCHED and self.num_heads == 1
+        if batched and q.shape[1] % 2 == 0:
+            return self._attend_one_head_batched(q, k, v)
         split = (self.num_heads, self.head_dim)
         q = q.unflatten(2, split).transpose(1, 2)
         k = k.unflatten(2, split).transpose(1, 2)
         v = v.unflatten(2, split).transpose(1, 2)
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
         return (attn @ v).transpose(1, 2).flatten(2)
+
+    def _attend_one_head_batched(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """One head as two: query rows (B, 2, N/2, C) against K and V stacked (B, 2, M, C).
+        Each query row still sees every key, so the function is the same."""
+        halves = q.unflatten(1, (2, q.shape[1] // 2))
+        keys, values = torch.stack([k, k], dim=1), torch.stack([v, v], dim=1)
+        attn = (halves @ keys.transpose(-2, -1)).softmax(dim=-1)
+        return (attn @ values).flatten(1, 2)
 
     def _attend_3d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         outs = []
@@ -204,7 +224,11 @@ class Attention(nn.Module):
         r = self.sr_ratio
         if r == 1:
             return map_to_tokens(self.up(v_map))
-        if self.form in (GraphForm.NATIVE, GraphForm.NATIVE_POINTWISE):
+        if self.form in (
+            GraphForm.NATIVE,
+            GraphForm.NATIVE_POINTWISE,
+            GraphForm.NATIVE_ONEHEAD_BATCHED,
+        ):
             return map_to_tokens(F.pixel_shuffle(self.up(v_map), r))
         if self.form is GraphForm.NATIVE_DEPTHWISE:
             # Channel c repeated r*r times (a broadcast multiply by ones: exact, and no Expand

@@ -310,7 +310,7 @@ def profile_markdown(report: dict[str, Any], types: int = 12) -> str:
             f"{sum(r['ms'] for r in rest):.3f} | {sum(r['share'] for r in rest):.1%} |"
         )
     lines += ["", "| top op | type | ms |", "|---|---|---|"]
-    lines += [f"| {op['name']} | {op['op_type']} | {op['ms']:.3f} |" for op in report["top_ops"]]
+    lines += [f"| `{op['name']}` | {op['op_type']} | {op['ms']:.3f} |" for op in report["top_ops"]]
     share = report["delegation"]
     if share:
         lines += [

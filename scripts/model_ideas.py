@@ -7,7 +7,10 @@ round-robin in one process (``restv2_edge.bench.timing``). Numbers land under "T
 dropped" in docs/graph-forms.md.
 
     python scripts/model_ideas.py tokens-2d --weights W/weights-seed1.pth
-    python scripts/model_ideas.py one-head-3d --weights W/weights-seed1.pth
+    python scripts/model_ideas.py one-head-3d --weights W/weights-seed1.pth \\
+        [--litert [--calibration W/calibration/inputs.npy]]
+    python scripts/model_ideas.py one-head-batch2 --weights W/weights-seed1.pth \\
+        [--litert [--calibration W/calibration/inputs.npy]]
     python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
     python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth \\
         [--calibration W/calibration/inputs.npy] [--litert]
@@ -105,6 +108,17 @@ def one_head_3d_graph(graph: ResTV2) -> ResTV2:
     for module in variant.modules():
         if type(module) is Attention:
             module.__class__ = OneHead3dAttention
+    return variant
+
+
+def one_head_batch2_graph(graph: ResTV2) -> ResTV2:
+    """A copy of ``graph`` (native form) whose one-head attentions run as the
+    ``native-onehead-batched`` form's batch of two matmuls (``Attention._attend_4d``): the
+    form the LiteRT converter exports."""
+    variant = copy.deepcopy(graph)
+    for module in variant.modules():
+        if isinstance(module, Attention):
+            module.form = GraphForm.NATIVE_ONEHEAD_BATCHED
     return variant
 
 
@@ -277,6 +291,42 @@ def litert_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, An
     return calls
 
 
+def litert_int8_calls(folder: Path, keys: list[str], x: Any, calibration: Path) -> dict[str, Any]:
+    """Each converted variant (``litert_calls``'s .tflite) quantized by the LiteRT INT8 recipe
+    (calibration/litert.py: the weight ops int8, the head float) on the same calibration
+    images: one timing call each, and the worst cosine to its own fp32."""
+    from ai_edge_litert.interpreter import Interpreter
+    from restv2_edge.calibration.litert import LiteRTQuantizer
+
+    inputs = np.load(calibration)
+    batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    calls = {}
+    for key in keys:
+        quantizer = LiteRTQuantizer((folder / f"{key}.tflite").read_bytes(), batches)
+        path = folder / f"{key}.int8.tflite"
+        path.write_bytes(quantizer.quantize(quantizer.head))
+        runs = []
+        for model in (folder / f"{key}.tflite", path):
+            interpreter = Interpreter(model_path=str(model), num_threads=THREADS)
+            interpreter.allocate_tensors()
+            first_in = interpreter.get_input_details()[0]["index"]
+            first_out = interpreter.get_output_details()[0]["index"]
+
+            def call(
+                image: Any, it: Any = interpreter, i: int = first_in, o: int = first_out
+            ) -> Any:
+                it.set_tensor(i, image)
+                it.invoke()
+                return it.get_tensor(o).copy()
+
+            runs.append(call)
+        expected = [runs[0](image[None]) for image in inputs[:8]]
+        got = [runs[1](image[None]) for image in inputs[:8]]
+        print(f"{key} litert int8: worst cosine to its fp32 {worst_cosine(expected, got):.6f}")
+        calls[f"litert int8 {key}"] = lambda run=runs[1]: run(x)
+    return calls
+
+
 def compare(
     args: argparse.Namespace,
     makers: dict[str, Any],
@@ -308,6 +358,8 @@ def compare(
             calls.update(onnx_int8_calls(variants, x, Path(folder), args.calibration))
         if args.litert:
             calls.update(litert_calls(variants, x, Path(folder)))
+        if args.litert and args.calibration is not None:
+            calls.update(litert_int8_calls(Path(folder), list(variants), x, args.calibration))
     converted = {
         key: ov.convert_model(graph, example_input=torch.from_numpy(x), input=[x.shape])
         for key, graph in variants.items()
@@ -316,7 +368,8 @@ def compare(
         calls[f"openvino {key}"] = ov_call(ov_model, {"INFERENCE_PRECISION_HINT": "f32"}, x)
     if not onnx and args.calibration is not None:
         calls.update(ov_int8_calls(converted, x, args.calibration))
-    for runtime in ("onnxruntime int8", "onnxruntime", "openvino int8", "openvino", "litert"):
+    runtimes = ("onnxruntime int8", "onnxruntime", "openvino int8", "openvino", "litert int8")
+    for runtime in (*runtimes, "litert"):
         pair = {key: calls.pop(key) for key in list(calls) if key.startswith(runtime)}
         if pair:
             report(pair, args.runs)
@@ -330,6 +383,11 @@ def tokens_2d(args: argparse.Namespace) -> None:
 def one_head_3d(args: argparse.Namespace) -> None:
     """One-head attentions as 3-D matmuls against the native form."""
     compare(args, {"one-head-3d": one_head_3d_graph})
+
+
+def one_head_batch2(args: argparse.Namespace) -> None:
+    """The one-head attentions as a batch of two matmuls against the native form."""
+    compare(args, {"one-head-batch2": one_head_batch2_graph})
 
 
 def norm_fold(args: argparse.Namespace) -> None:
@@ -362,6 +420,7 @@ def main() -> None:
     for name, func in (
         ("tokens-2d", tokens_2d),
         ("one-head-3d", one_head_3d),
+        ("one-head-batch2", one_head_batch2),
         ("norm-fold", norm_fold),
         ("mlp-conv", mlp_conv),
         ("ov-mlp-conv", ov_mlp_conv),
@@ -376,7 +435,7 @@ def main() -> None:
             "--calibration",
             type=existing_file_arg,
             help="inputs.npy: also time each variant quantized by the onnx INT8 recipe "
-            "(ov-mlp-conv: the OpenVINO one)",
+            "(ov-mlp-conv: the OpenVINO one; with --litert also the LiteRT one)",
         )
         command.add_argument(
             "--litert", action="store_true", help="also time each variant through LiteRT"

@@ -122,7 +122,8 @@ def markdown(record: dict[str, Any], entries: list[dict[str, Any]], command: str
         f"{', '.join(f'{v:.1f}' for v in machine['load_avg'] or [])}",
         f"- Weights: {record['weights']['path']} (the peers work folder's; "
         f"{record['weights']['sha256'][:19]}...)",
-        "- Each runtime's own profiler on one photo batch; the sum of its per-op times is set "
+        "- Each runtime's own profiler on one photo batch (LiteRT, whose bindings have none: "
+        "Linux perf sampling of its kernels); the sum of its per-op times is set "
         "beside the median of normal runner calls (restv2_edge.bench.timing), and is expected "
         f"within +-{SUM_TOLERANCE:.0%} of it. Profilers add their own overhead, and some "
         "attribute only part of a call (the notes under each table say how to read them).",

@@ -25,6 +25,8 @@ only exists per process (``hugepages``), which alternates fresh processes.
         --calibration W/calibration/inputs.npy
     python scripts/runtime_ideas.py upsample
     python scripts/runtime_ideas.py litert-runtime $A/litert-fp32/model.tflite
+    python scripts/runtime_ideas.py litert-kernels $A/litert-fp32/model.tflite \\
+        W/peers/litert-7/peer-fp32.tflite --runs 20
     python scripts/runtime_ideas.py gemm
     python scripts/runtime_ideas.py conv
 """
@@ -738,6 +740,21 @@ def litert_runtime(args: argparse.Namespace) -> None:
         return interpreter.get_tensor(first_out["index"])
 
     calls = {"Interpreter": interpreted}
+    latest = Interpreter(
+        model_path=args.model,
+        num_threads=THREADS,
+        experimental_default_delegate_latest_features=True,
+    )
+    latest.allocate_tensors()
+
+    def latest_features() -> Any:
+        latest.set_tensor(first_in, x)
+        latest.invoke()
+        return latest.get_tensor(first_out["index"])
+
+    difference = np.abs(latest_features().ravel() - interpreted().ravel()).max()
+    print(f"Interpreter, latest delegate features: max |dlogit| vs Interpreter {difference:.1e}")
+    calls["Interpreter, latest delegate features"] = latest_features
     size = int(np.prod(first_out["shape"]))
     for name, ynnpack in (("CompiledModel", False), ("CompiledModel, YNNPACK", True)):
         options = Options(cpu_options=CpuOptions(num_threads=THREADS, enable_ynnpack=ynnpack))
@@ -757,6 +774,73 @@ def litert_runtime(args: argparse.Namespace) -> None:
         print(f"{name}: max |dlogit| vs Interpreter {difference:.1e}")
         calls[name] = compiled
     report(calls, args.runs)
+
+
+def litert_kernels(args: argparse.Namespace) -> None:
+    """.tflite files' kernels side by side: Linux perf samples (``restv2_edge.kernel_samples``)
+    in alternating rounds, ms per inference per kernel family, and the GEMM kernels' share."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from restv2_edge.kernel_samples import sample_calls
+    from restv2_edge.profile import by_op_type, merge_profiles
+
+    x = example()
+    calls = {}
+    for path in args.models:
+        interpreter = Interpreter(model_path=path, num_threads=THREADS)
+        interpreter.allocate_tensors()
+        first_in = interpreter.get_input_details()[0]["index"]
+        first_out = interpreter.get_output_details()[0]["index"]
+
+        def call(it: Any = interpreter, i: int = first_in, o: int = first_out) -> Any:
+            it.set_tensor(i, x)
+            it.invoke()
+            return it.get_tensor(o)
+
+        call()
+        calls[path] = call
+    profiles: dict[str, list[Any]] = {path: [] for path in calls}
+    for _ in range(args.rounds):
+        for path, call in calls.items():
+            profiles[path].append(sample_calls(call, args.runs, THREADS, "LiteRT"))
+    families = {path: by_op_type(merge_profiles(found)) for path, found in profiles.items()}
+    names = list(dict.fromkeys(row["op_type"] for rows in families.values() for row in rows))
+    ms = {path: {row["op_type"]: row["ms"] for row in rows} for path, rows in families.items()}
+    print(f"ms per inference ({args.rounds} rounds x {args.runs} calls per file):")
+    print("kernel family".ljust(48) + "".join(f"{Path(p).name:>22s}" for p in calls))
+    for name in names[: args.top]:
+        print(name[:47].ljust(48) + "".join(f"{ms[p].get(name, 0.0):22.3f}" for p in calls))
+    first = next(iter(calls))
+    for path in calls:
+        total = sum(ms[path].values())
+        gemm = gemm_ms(ms[path])
+        rounds = [
+            (gemm_ms(ops_ms(mine)) / gemm_ms(ops_ms(base)), total_ms(mine) / total_ms(base))
+            for mine, base in zip(profiles[path], profiles[first], strict=True)
+        ]
+        print(
+            f"{path}: sum {total:.2f} ms, GEMM kernels {gemm:.2f} ms ({gemm / total:.1%}); "
+            f"per-round median / {Path(first).name}: GEMM kernels "
+            f"{statistics.median(r[0] for r in rounds):.3f}, sum "
+            f"{statistics.median(r[1] for r in rounds):.3f}"
+        )
+
+
+def ops_ms(profile: Any) -> dict[str, float]:
+    """ms per op type of one profile."""
+    totals: dict[str, float] = {}
+    for op in profile.ops:
+        totals[op.op_type] = totals.get(op.op_type, 0.0) + op.ms
+    return totals
+
+
+def gemm_ms(families: dict[str, float]) -> float:
+    """The XNNPACK GEMM kernels' ms (``gemm`` and ``igemm`` families, every data type)."""
+    return sum(ms for name, ms in families.items() if name.startswith("XNNPACK") and "gemm" in name)
+
+
+def total_ms(profile: Any) -> float:
+    return sum(op.ms for op in profile.ops)
 
 
 def gemm(args: argparse.Namespace) -> None:
@@ -840,6 +924,7 @@ def main() -> None:
         ("ort-fusions", ort_fusions, ["model"]),
         ("upsample", upsample, []),
         ("litert-runtime", litert_runtime, ["model"]),
+        ("litert-kernels", litert_kernels, ["models"]),
         ("gemm", gemm, []),
         ("conv", conv, []),
     ):
@@ -855,6 +940,8 @@ def main() -> None:
         command.add_argument("--runs", type=timed_runs_arg, default=40)
     sub.choices["drift"].add_argument("--blocks", type=int, default=8)
     sub.choices["ov-kernels"].add_argument("--top", type=int, default=12)
+    sub.choices["litert-kernels"].add_argument("--top", type=int, default=16)
+    sub.choices["litert-kernels"].add_argument("--rounds", type=int, default=4)
     sub.choices["hugepages"].add_argument("--processes", type=int, default=5)
     sub.choices["hugepages"].add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     sub.choices["onnx-int8"].add_argument(

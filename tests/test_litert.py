@@ -49,14 +49,16 @@ def tiny_tflite(tiny_artifact) -> dict[str, Path]:
 def test_descriptor() -> None:
     descriptor = get_descriptor("litert")
     assert descriptor.extra == "litert" and descriptor.suffix == ".tflite"
-    assert descriptor.precisions == ("fp32", "fp16") and descriptor.graph_form == "native"
+    assert descriptor.precisions == ("fp32", "fp16")
+    assert descriptor.graph_form == "native-onehead-batched"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_manifest(tiny_tflite: dict[str, Path], precision: str) -> None:
     folder = tiny_tflite[precision]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["model_file"] == "model.tflite" and manifest["graph_form"] == "native"
+    assert manifest["model_file"] == "model.tflite"
+    assert manifest["graph_form"] == "native-onehead-batched"
     assert manifest["input"]["name"] == "input" and manifest["output"]["name"] == "logits"
     assert {"litert_torch", "ai_edge_litert"} <= set(manifest["versions"])
     [entry] = manifest["files"]
@@ -66,8 +68,9 @@ def test_manifest(tiny_tflite: dict[str, Path], precision: str) -> None:
     assert export["ops"] == sum(export["op_types"].values()) > 100
     delegation = export["delegation"]
     assert delegation["total_ops"] == export["ops"]
-    # all but q @ k^T of the one-head stage (a FULLY_CONNECTED with non-constant weights)
-    assert delegation["delegated_ops"] >= delegation["total_ops"] - 1
+    # the one-head stage's attention batched: no op left to TFLite's own kernels
+    assert delegation["delegated_ops"] == delegation["total_ops"]
+    assert delegation["partitions"] == 1
     assert "XNNPACK" in manifest["parity"]["runner"]
 
 

@@ -128,8 +128,8 @@ def test_float_boundary_int8_weight_ops(tiny_int8) -> None:
     weight_ops = [types for name, types in ops if name in QUANTIZED_OPS]
     int8_ops = sum(set(types) == {"INT8"} for types in weight_ops)
     assert int8_ops == manifest.quantization["quantized_layers"] == len(weight_ops) - 1
-    # int8 too: the one-head q @ k^T, a FULLY_CONNECTED on two activations
-    assert ["INT8", "INT8"] in weight_ops
+    # every weight op has a constant weight: the one-head q @ k^T is a BATCH_MATMUL too
+    assert all(len(types) == 1 for types in weight_ops)
     for name, types in ops:
         if name in FLOAT_OPS:
             assert set(types) == {"FLOAT32"}, (name, types)
@@ -139,13 +139,12 @@ def test_float_boundary_int8_weight_ops(tiny_int8) -> None:
 
 
 def test_xnnpack_takes_the_int8_graph(tiny_int8) -> None:
-    """As in fp32: one op outside the delegate (the one-head q @ k^T), two partitions."""
+    """As in fp32: every op in one XNNPACK partition."""
     folder, manifest = tiny_int8
     measured = delegation(folder / "model.tflite")
     assert manifest.export["delegation"] == measured
-    assert measured["partitions"] <= 2
-    assert measured["delegated_ops"] >= measured["total_ops"] - 1
-    assert set(measured["not_delegated"]) <= {"FULLY_CONNECTED"}
+    assert measured["partitions"] == 1 and measured["not_delegated"] == {}
+    assert measured["delegated_ops"] == measured["total_ops"]
 
 
 def test_int8_logits_follow_the_reference_model(tiny_int8, tiny_checkpoint, photo_dir) -> None:

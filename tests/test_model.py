@@ -115,8 +115,10 @@ def test_exported_graph_is_static_and_rank4(form):
             assert all(isinstance(d, int) for d in shape), f"{node.name} has symbolic {shape}"
         targets = [str(node.target) for node in graph.graph.nodes]
         assert not any("sym_size" in t for t in targets)
-        shuffles = form in ("native", "native-depthwise", "native-pointwise")
+        shuffles = form not in ("decomposed", "native-convtranspose")
         assert any("pixel_shuffle" in t for t in targets) == shuffles
+        # the batched form's one-head stage stacks K and V twice; no other form stacks
+        assert any("stack" in t for t in targets) == (form == "native-onehead-batched")
 
 
 def test_no_reshape_depends_on_input_batch():
