@@ -176,9 +176,16 @@ class Attention(nn.Module):
         identity = self._upsample(tokens_to_map(v, self.reduced_grid))
         return self.proj(out + self.up_norm(identity))
 
-    def _attend_4d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    @property
+    def half_tokens(self) -> int | None:
+        """Query rows per half when this one-head attention runs as a batch of two (the
+        ``native-onehead-batched`` form, an even token count), else None."""
+        tokens = self.grid[0] * self.grid[1]
         batched = self.form is GraphForm.NATIVE_ONEHEAD_BATCHED and self.num_heads == 1
-        if batched and q.shape[1] % 2 == 0:
+        return tokens // 2 if batched and tokens % 2 == 0 else None
+
+    def _attend_4d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.half_tokens is not None:
             return self._attend_one_head_batched(q, k, v)
         split = (self.num_heads, self.head_dim)
         q = q.unflatten(2, split).transpose(1, 2)
@@ -192,7 +199,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """One head as two: query rows (B, 2, N/2, C) against K and V stacked (B, 2, M, C).
         Each query row still sees every key, so the function is the same."""
-        halves = q.unflatten(1, (2, q.shape[1] // 2))
+        halves = q.unflatten(1, (2, self.half_tokens))
         keys, values = torch.stack([k, k], dim=1), torch.stack([v, v], dim=1)
         attn = (halves @ keys.transpose(-2, -1)).softmax(dim=-1)
         return (attn @ values).flatten(1, 2)

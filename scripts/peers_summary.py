@@ -55,6 +55,37 @@ def holds_everywhere(goals: list[dict[str, Any] | None]) -> str:
     return "yes" if all(g["status"] == "pass" for g in goals) else "no"
 
 
+def project_forms(report: dict[str, Any]) -> dict[str, str]:
+    """The graph form each project row of one machine's run was measured in; reports from
+    before rows recorded it say so."""
+    return {
+        row["key"]: row.get("graph_form") or "not recorded"
+        for row in report.get("rows", [])
+        if row.get("side") == "project" and row.get("status") == "ok"
+    }
+
+
+def forms_table(labels: list[str], reports: list[dict[str, Any]]) -> list[str]:
+    """Which form each machine timed per project row: a goal compares machines only where
+    they ran the same graphs."""
+    forms = [project_forms(r) for r in reports]
+    keys: list[str] = []
+    for found in forms:
+        keys += [key for key in found if key not in keys]
+    if not keys:
+        return []
+    lines = [
+        "",
+        "Graph form of each project artifact in each machine's run:",
+        "",
+        "| artifact | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(f.get(key, NOT_MEASURED) for f in forms) + " |")
+    return lines
+
+
 def _model_key(report: dict[str, Any]) -> tuple[str, tuple[int, ...]]:
     return report["model"]["variant"], tuple(report["model"]["image_size"])
 
@@ -96,6 +127,7 @@ def markdown(paths: list[Path], reports: list[dict[str, Any]], command: str, out
         per_machine = [next((g for g in r["goals"] if g["goal"] == name), None) for r in reports]
         cells = [name, *map(verdict, per_machine), holds_everywhere(per_machine)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += forms_table(labels, reports)
     lines += [
         "",
         "Speed goals are ratios measured within one machine's timing rounds (absolute times "

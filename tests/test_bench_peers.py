@@ -345,6 +345,7 @@ def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) 
         rows = [_row("project", "a", "fp32", project_ms), _row("peer", "a", "fp32", 10.0)]
         rows += extra
         return {
+            "rows": rows,
             "model": {"variant": "T", "image_size": [224, 224]},
             "machine": {"cpu": cpu, "isa": ["avx2"], "usable_cores": 2, "logical_cpus": 2},
             "floors": {"fp32": {"ms": 4.0}},
@@ -352,6 +353,7 @@ def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) 
         }
 
     int8_rows = [_row("project", "a", "int8", 2.0)]
+    int8_rows[0]["graph_form"] = "native"
     first = machine_report("CPU one", 8.0, [])
     second = machine_report("CPU two", 9.0, int8_rows)
     pages = tmp_path / "pages"
@@ -370,6 +372,10 @@ def test_summary_holds_a_goal_only_where_every_machine_passes(tmp_path, capsys) 
     assert "| not measured |" in int8 and int8.endswith("| not on every machine |")
     text = out.read_text()
     assert "[peers-one.md](pages/peers-one.md)" in text and "CPU two" in text
+    # the forms each machine timed: the int8 row only on the second, fp32 from a run
+    # that did not record its form
+    assert "| project a/int8 | not measured | native |" in text
+    assert "| project a/fp32 | not recorded | not recorded |" in text
 
     capsys.readouterr()
     second["model"]["variant"] = "S"
