@@ -13,7 +13,10 @@ SQUARED_DIFFERENCE, RSQRT, SOFTMAX, GELU and BATCH_MATMUL outside the XNNPACK de
 in the float model (docs/litert.md).
 
 The classifier head stays float as well: its output is the model's logits, and int8 per-tensor
-logits cost the fixture more cosine than any other single layer (docs/litert.md).
+logits cost the fixture more cosine than any other single layer (docs/litert.md). So do the
+V-upsampling convs (``DEPTHWISE_CONV_2D`` with a depth multiplier above 1): XNNPACK runs an
+int8 one as a GEMM per channel group, which on AMX cores took more time than every int8 fully
+connected layer together (docs/litert.md, "INT8: the upsampling convs float").
 
 Layers are named by op type and operator index in the float .tflite (``FULLY_CONNECTED#812``),
 with the converter's location name beside them: litert-torch's tensor names drop the stage a
@@ -90,9 +93,11 @@ class Layer:
 class LiteRTQuantizer:
     """One float .tflite, calibrated once, quantized with any set of layers kept float."""
 
-    def __init__(self, data: bytes, batches: list[np.ndarray]) -> None:
+    def __init__(self, data: bytes, batches: list[np.ndarray], upsampling: bool = False) -> None:
+        """``upsampling`` makes the V-upsampling convs quantizable too (the recipe keeps them
+        float; scripts/runtime_ideas.py ``litert-int8-float`` times both)."""
         self.data = data
-        self.layers = quantizable_layers(data)
+        self.layers = quantizable_layers(data, upsampling)
         self.by_name = {layer.name: layer for layer in self.layers}
         self.ranges = _calibrate(data, [layer.scope for layer in self.layers], batches)
 
@@ -112,8 +117,15 @@ class LiteRTQuantizer:
         return _quantize(self.data, scopes, self.ranges)
 
 
-def quantizable_layers(data: bytes) -> list[Layer]:
-    """The ops of ``QUANTIZED_OPS`` in the float model, in graph order."""
+def is_upsampling_conv(op: Any) -> bool:
+    """A V-upsampling conv: a depthwise conv with r*r outputs per channel (depth multiplier
+    above 1); every other depthwise conv of the model has multiplier 1."""
+    return getattr(op.builtinOptions, "depthMultiplier", 1) > 1
+
+
+def quantizable_layers(data: bytes, upsampling: bool = False) -> list[Layer]:
+    """The ops of ``QUANTIZED_OPS`` in the float model, in graph order; the V-upsampling
+    convs only with ``upsampling``."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     model = tfl.read_model(bytearray(data))
@@ -124,6 +136,8 @@ def quantizable_layers(data: bytes) -> list[Layer]:
         code = model.operatorCodes[op.opcodeIndex].builtinCode
         name = getattr(tfl.TFL_OP_CODE_TO_NAME.get(code), "value", None)
         if name not in QUANTIZED_OPS:
+            continue
+        if name == "DEPTHWISE_CONV_2D" and is_upsampling_conv(op) and not upsampling:
             continue
         scope = tfl.get_op_scope(op, graph.tensors)
         layers.append(
@@ -242,7 +256,8 @@ def _finish(
         weights="int8 symmetric per-channel",
         quantized_ops=list(QUANTIZED_OPS),
         float_ops="everything else: QUANTIZE/DEQUANTIZE around each int8 run, float32 model "
-        "input and output, GELU, SOFTMAX, LayerNorm, BATCH_MATMUL, ADD, MUL",
+        "input and output, GELU, SOFTMAX, LayerNorm, BATCH_MATMUL, ADD, MUL, and the "
+        "V-upsampling DEPTHWISE_CONV_2Ds (depth multiplier > 1)",
         head_float=quantizer.head,
         locations={name: quantizer.by_name[name].location for name in keep},
         quantized_layers=len(quantizer.layers) - len(keep),

@@ -27,6 +27,8 @@ only exists per process (``hugepages``), which alternates fresh processes.
     python scripts/runtime_ideas.py litert-runtime $A/litert-fp32/model.tflite
     python scripts/runtime_ideas.py litert-kernels $A/litert-fp32/model.tflite \\
         W/peers/litert-7/peer-fp32.tflite --runs 20
+    python scripts/runtime_ideas.py litert-int8-float $A/litert-fp32/model.tflite \\
+        --calibration W/calibration/inputs.npy [--out DIR]
     python scripts/runtime_ideas.py gemm
     python scripts/runtime_ideas.py conv
 """
@@ -776,6 +778,58 @@ def litert_runtime(args: argparse.Namespace) -> None:
     report(calls, args.runs)
 
 
+def tflite_call(model: bytes | str, x: np.ndarray) -> Callable[[np.ndarray], Any]:
+    """A .tflite (bytes or path) in the Interpreter with its XNNPACK delegate: image -> logits."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": model}
+    interpreter = Interpreter(num_threads=THREADS, **source)
+    interpreter.allocate_tensors()
+    first_in = interpreter.get_input_details()[0]["index"]
+    first_out = interpreter.get_output_details()[0]["index"]
+
+    def call(image: np.ndarray = x) -> Any:
+        interpreter.set_tensor(first_in, image)
+        interpreter.invoke()
+        return interpreter.get_tensor(first_out).copy()
+
+    return call
+
+
+def litert_int8_float(args: argparse.Namespace) -> None:
+    """The LiteRT INT8 recipe on a float .tflite (head and V-upsampling convs float) against
+    the V-upsampling convs int8 too, and against the dense convs float as well."""
+    from restv2_edge.calibration.litert import LiteRTQuantizer, quantizable_layers
+
+    inputs = np.load(args.calibration)
+    data = Path(args.model).read_bytes()
+    batches = [inputs[i : i + 1] for i in range(len(inputs))]
+    quantizer = LiteRTQuantizer(data, batches, upsampling=True)
+    recipe = {layer.name for layer in quantizable_layers(data)}
+    upsampling = [layer.name for layer in quantizer.layers if layer.name not in recipe]
+    dense = [layer.name for layer in quantizer.layers if layer.name.startswith("CONV_2D#")]
+    variants = {
+        "upsampling convs int8": quantizer.head,
+        "recipe": [*quantizer.head, *upsampling],
+        "recipe, dense convs float": [*quantizer.head, *upsampling, *dense],
+    }
+    print(f"{len(upsampling)} upsampling convs, {len(dense)} dense convs")
+    x = example()
+    fp32 = tflite_call(data, x)
+    expected = [fp32(image[None]) for image in inputs[:8]]
+    calls = {}
+    for name, keep in variants.items():
+        model = quantizer.quantize(keep)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{name.replace(' ', '-')}.tflite").write_bytes(model)
+        call = tflite_call(model, x)
+        got = [call(image[None]) for image in inputs[:8]]
+        print(f"{name}: worst cosine to the fp32 .tflite {worst_cosine(expected, got):.6f}")
+        calls[name] = call
+    report(calls, args.runs)
+
+
 def litert_kernels(args: argparse.Namespace) -> None:
     """.tflite files' kernels side by side: Linux perf samples (``restv2_edge.kernel_samples``)
     in alternating rounds, ms per inference per kernel family, and the GEMM kernels' share."""
@@ -925,6 +979,7 @@ def main() -> None:
         ("upsample", upsample, []),
         ("litert-runtime", litert_runtime, ["model"]),
         ("litert-kernels", litert_kernels, ["models"]),
+        ("litert-int8-float", litert_int8_float, ["model"]),
         ("gemm", gemm, []),
         ("conv", conv, []),
     ):
@@ -953,7 +1008,16 @@ def main() -> None:
         choices=ONNX_INT8_VARIANTS,
         help="time only these variants (and the recipe); repeat for more",
     )
-    for name in ("onnx-int8", "ov-int8-scheme", "ov-weight-int8", "ort-fusions"):
+    sub.choices["litert-int8-float"].add_argument(
+        "--out", type=Path, help="also write each variant's .tflite here"
+    )
+    for name in (
+        "onnx-int8",
+        "ov-int8-scheme",
+        "ov-weight-int8",
+        "ort-fusions",
+        "litert-int8-float",
+    ):
         sub.choices[name].add_argument("--calibration", required=True, help="inputs.npy")
     args = parser.parse_args()
     if not getattr(args, "child", False):

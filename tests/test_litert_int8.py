@@ -127,7 +127,15 @@ def test_float_boundary_int8_weight_ops(tiny_int8) -> None:
     ops = op_input_types(data)
     weight_ops = [types for name, types in ops if name in QUANTIZED_OPS]
     int8_ops = sum(set(types) == {"INT8"} for types in weight_ops)
-    assert int8_ops == manifest.quantization["quantized_layers"] == len(weight_ops) - 1
+    # float by the recipe: the head and each attention's V-upsampling conv (sr ratio > 1)
+    stages = zip(TINY_CONFIG["depths"], TINY_CONFIG["sr_ratios"], strict=True)
+    upsampling = sum(depth for depth, ratio in stages if ratio > 1)
+    float_weight_ops = [
+        name for name, types in ops if name in QUANTIZED_OPS and types == ["FLOAT32"]
+    ]
+    assert sorted(float_weight_ops) == ["DEPTHWISE_CONV_2D"] * upsampling + ["FULLY_CONNECTED"]
+    assert int8_ops == manifest.quantization["quantized_layers"]
+    assert int8_ops == len(weight_ops) - 1 - upsampling
     # every weight op has a constant weight: the one-head q @ k^T is a BATCH_MATMUL too
     assert all(len(types) == 1 for types in weight_ops)
     for name, types in ops:
@@ -173,6 +181,21 @@ def test_keep_float_and_ranking_on_the_float_model(tiny_fp32_tflite, calib, tmp_
     assert sorted(row["layer"] for row in rows) == sorted(layer.name for layer in quantizer.layers)
     assert all(0 <= row["error"] < 0.1 for row in rows)
     assert [row["error"] for row in rows] == sorted((row["error"] for row in rows), reverse=True)
+
+
+def test_upsampling_convs_quantizable_on_request(tiny_fp32_tflite, calib) -> None:
+    """The V-upsampling convs (depth multiplier r*r) are left out of the recipe's layers and
+    come back with ``upsampling=True``; int8 then, they are int8 in the file."""
+    batches = calib.batches()[:4]
+    recipe = {layer.name for layer in LiteRTQuantizer(tiny_fp32_tflite, batches).layers}
+    every = LiteRTQuantizer(tiny_fp32_tflite, batches, upsampling=True)
+    extra = [layer.name for layer in every.layers if layer.name not in recipe]
+    stages = zip(TINY_CONFIG["depths"], TINY_CONFIG["sr_ratios"], strict=True)
+    assert len(extra) == sum(depth for depth, ratio in stages if ratio > 1)
+    assert all(name.startswith("DEPTHWISE_CONV_2D#") for name in extra)
+    ops = op_input_types(every.quantize(every.head))
+    depthwise = [types for name, types in ops if name == "DEPTHWISE_CONV_2D"]
+    assert all(types == ["INT8"] for types in depthwise)
 
 
 @pytest.mark.slow
