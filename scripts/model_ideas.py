@@ -11,6 +11,8 @@ dropped" in docs/graph-forms.md.
         [--litert [--calibration W/calibration/inputs.npy]]
     python scripts/model_ideas.py one-head-batch2 --weights W/weights-seed1.pth \\
         [--litert [--calibration W/calibration/inputs.npy]]
+    python scripts/model_ideas.py channels-last-maps --weights W/weights-seed1.pth \\
+        [--litert [--calibration W/calibration/inputs.npy]]
     python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
     python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth \\
         [--calibration W/calibration/inputs.npy] [--litert]
@@ -120,6 +122,41 @@ def one_head_batch2_graph(graph: ResTV2) -> ResTV2:
         if isinstance(module, Attention):
             module.form = GraphForm.NATIVE_ONEHEAD_BATCHED
     return variant
+
+
+def channels_last_tokens_to_map(x: Any, grid: tuple[int, int]) -> Any:
+    """(B, H*W, C) tokens -> (B, C, H, W) map, as a reshape to (B, H, W, C) then one 4-D
+    permute: the permute is the inverse of the NHWC transpose a converter puts in front of
+    the conv, with no reshape between them."""
+    return x.unflatten(1, grid).permute(0, 3, 1, 2)
+
+
+def channels_last_map_to_tokens(x: Any) -> Any:
+    """(B, C, H, W) map -> (B, H*W, C) tokens, a permute to (B, H, W, C) then a reshape."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+class ChannelsLastMaps(nn.Module):
+    """``graph`` with every tokens <-> map conversion of ``restv2_edge.model`` written from
+    the channels-last side (the two functions above, swapped in while it runs, which is
+    while a converter traces it): the same values, other transposes."""
+
+    def __init__(self, graph: ResTV2) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: Any) -> Any:
+        from restv2_edge import model
+
+        saved = model.tokens_to_map, model.map_to_tokens
+        model.tokens_to_map, model.map_to_tokens = (
+            channels_last_tokens_to_map,
+            channels_last_map_to_tokens,
+        )
+        try:
+            return self.graph(x)
+        finally:
+            model.tokens_to_map, model.map_to_tokens = saved
 
 
 def fold_norm_into(norm: Any, linears: list[Any]) -> None:
@@ -293,8 +330,8 @@ def litert_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, An
 
 def litert_int8_calls(folder: Path, keys: list[str], x: Any, calibration: Path) -> dict[str, Any]:
     """Each converted variant (``litert_calls``'s .tflite) quantized by the LiteRT INT8 recipe
-    (calibration/litert.py: the weight ops int8, the head float) on the same calibration
-    images: one timing call each, and the worst cosine to its own fp32."""
+    (calibration/litert.py: the weight ops int8 but the head and the V-upsampling convs) on
+    the same calibration images: one timing call each, and the worst cosine to its own fp32."""
     from ai_edge_litert.interpreter import Interpreter
     from restv2_edge.calibration.litert import LiteRTQuantizer
 
@@ -390,6 +427,16 @@ def one_head_batch2(args: argparse.Namespace) -> None:
     compare(args, {"one-head-batch2": one_head_batch2_graph})
 
 
+def channels_last_maps(args: argparse.Namespace) -> None:
+    """The LiteRT form with its tokens <-> map conversions as reshape + one 4-D permute,
+    against that form as exported."""
+    compare(
+        args,
+        {"channels-last-maps": lambda graph: ChannelsLastMaps(copy.deepcopy(graph))},
+        "native-onehead-batched",
+    )
+
+
 def norm_fold(args: argparse.Namespace) -> None:
     """LayerNorm affines folded into the linears they feed against the native form."""
     compare(args, {"norm-fold": norm_fold_graph})
@@ -421,6 +468,7 @@ def main() -> None:
         ("tokens-2d", tokens_2d),
         ("one-head-3d", one_head_3d),
         ("one-head-batch2", one_head_batch2),
+        ("channels-last-maps", channels_last_maps),
         ("norm-fold", norm_fold),
         ("mlp-conv", mlp_conv),
         ("ov-mlp-conv", ov_mlp_conv),

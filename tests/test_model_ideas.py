@@ -41,6 +41,8 @@ def _script(name: str):
         ("mlp_conv_graph", "pointwise Mlp", "native-convtranspose"),
         ("mlp_conv_ends_graph", "pointwise Mlp", "native"),
         ("linears_conv_graph", "PointwiseLinear", "native"),
+        ("one_head_batch2_graph", "batched one head", "native"),
+        ("ChannelsLastMaps", "ChannelsLastMaps", "native-onehead-batched"),
     ],
 )
 def test_variant_computes_the_reference_function(
@@ -53,6 +55,8 @@ def test_variant_computes_the_reference_function(
         assert any(
             getattr(m, "form", None) is GraphForm.NATIVE_POINTWISE for m in variant.modules()
         )
+    elif module == "batched one head":  # the product's batched form, switched on in the copy
+        assert variant.stage1[0].attn.half_tokens == TINY_IMAGE_SIZE**2 // 16 // 2
     elif module is not None:  # the variant's own module is in the graph
         assert any(type(m) is getattr(ideas, module) for m in variant.modules())
     else:
