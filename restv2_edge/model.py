@@ -87,13 +87,17 @@ class LayerNorm(nn.LayerNorm):
 
 
 def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) tokens -> (B, C, H, W) feature map."""
-    return x.transpose(1, 2).unflatten(2, grid)
+    """(B, H*W, C) tokens -> (B, C, H, W) feature map: a reshape to (B, H, W, C), then one
+    4-D permute. A converter to a channels-last runtime puts the inverse permute in front of
+    the conv, right after this one, and the pair cancels; transpose-then-reshape left a
+    reshape between them and both transposes in the graph (docs/graph-forms.md)."""
+    return x.unflatten(1, grid).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) feature map -> (B, H*W, C) tokens."""
-    return x.flatten(2).transpose(1, 2)
+    """(B, C, H, W) feature map -> (B, H*W, C) tokens: one 4-D permute to (B, H, W, C),
+    then a reshape (the mirror of ``tokens_to_map``)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 class Mlp(nn.Module):

@@ -11,8 +11,8 @@ dropped" in docs/graph-forms.md.
         [--litert [--calibration W/calibration/inputs.npy]]
     python scripts/model_ideas.py one-head-batch2 --weights W/weights-seed1.pth \\
         [--litert [--calibration W/calibration/inputs.npy]]
-    python scripts/model_ideas.py channels-last-maps --weights W/weights-seed1.pth \\
-        [--litert [--calibration W/calibration/inputs.npy]]
+    python scripts/model_ideas.py transpose-maps --weights W/weights-seed1.pth \\
+        [--base FORM] [--litert] [--calibration W/calibration/inputs.npy]
     python scripts/model_ideas.py norm-fold --weights W/weights-seed1.pth
     python scripts/model_ideas.py mlp-conv --weights W/weights-seed1.pth \\
         [--calibration W/calibration/inputs.npy] [--litert]
@@ -124,37 +124,34 @@ def one_head_batch2_graph(graph: ResTV2) -> ResTV2:
     return variant
 
 
-def channels_last_tokens_to_map(x: Any, grid: tuple[int, int]) -> Any:
-    """(B, H*W, C) tokens -> (B, C, H, W) map, as a reshape to (B, H, W, C) then one 4-D
-    permute: the permute is the inverse of the NHWC transpose a converter puts in front of
-    the conv, with no reshape between them."""
-    return x.unflatten(1, grid).permute(0, 3, 1, 2)
+def transposed_tokens_to_map(x: Any, grid: tuple[int, int]) -> Any:
+    """(B, H*W, C) tokens -> (B, C, H, W) map as the model wrote it before: a 3-D transpose,
+    then a reshape (which sits between it and a converter's NHWC transpose)."""
+    return x.transpose(1, 2).unflatten(2, grid)
 
 
-def channels_last_map_to_tokens(x: Any) -> Any:
-    """(B, C, H, W) map -> (B, H*W, C) tokens, a permute to (B, H, W, C) then a reshape."""
-    return x.permute(0, 2, 3, 1).flatten(1, 2)
+def transposed_map_to_tokens(x: Any) -> Any:
+    """(B, C, H, W) map -> (B, H*W, C) tokens, a reshape then a 3-D transpose."""
+    return x.flatten(2).transpose(1, 2)
 
 
-class ChannelsLastMaps(nn.Module):
-    """``graph`` with every tokens <-> map conversion of ``restv2_edge.model`` written from
-    the channels-last side (the two functions above, swapped in while it runs, which is
-    while a converter traces it): the same values, other transposes."""
+class TransposedMaps(nn.Module):
+    """``graph`` with every tokens <-> map conversion of ``restv2_edge.model`` written as
+    transpose + reshape (the two functions above, swapped in while it runs, which is while
+    a converter traces it): the same values, the transposes of the model's earlier form."""
 
     def __init__(self, graph: ResTV2) -> None:
         super().__init__()
-        self.graph = graph
+        self.inner = graph  # not ``graph``: torch.export's modules have their own
 
     def forward(self, x: Any) -> Any:
         from restv2_edge import model
 
         saved = model.tokens_to_map, model.map_to_tokens
-        model.tokens_to_map, model.map_to_tokens = (
-            channels_last_tokens_to_map,
-            channels_last_map_to_tokens,
-        )
+        model.tokens_to_map = transposed_tokens_to_map
+        model.map_to_tokens = transposed_map_to_tokens
         try:
-            return self.graph(x)
+            return self.inner(x)
         finally:
             model.tokens_to_map, model.map_to_tokens = saved
 
@@ -427,13 +424,16 @@ def one_head_batch2(args: argparse.Namespace) -> None:
     compare(args, {"one-head-batch2": one_head_batch2_graph})
 
 
-def channels_last_maps(args: argparse.Namespace) -> None:
-    """The LiteRT form with its tokens <-> map conversions as reshape + one 4-D permute,
-    against that form as exported."""
+def transpose_maps(args: argparse.Namespace) -> None:
+    """A form (``--base``, LiteRT's by default) as exported, its tokens <-> map conversions
+    a reshape and one 4-D permute, against the same with transpose + reshape (the model's
+    earlier writing); with OpenVINO's form, OpenVINO alone (int8 with ``--calibration``)."""
+    openvino_only = args.base == "native-convtranspose"
     compare(
         args,
-        {"channels-last-maps": lambda graph: ChannelsLastMaps(copy.deepcopy(graph))},
-        "native-onehead-batched",
+        {"transpose-maps": lambda graph: TransposedMaps(copy.deepcopy(graph))},
+        args.base,
+        not openvino_only,
     )
 
 
@@ -468,7 +468,7 @@ def main() -> None:
         ("tokens-2d", tokens_2d),
         ("one-head-3d", one_head_3d),
         ("one-head-batch2", one_head_batch2),
-        ("channels-last-maps", channels_last_maps),
+        ("transpose-maps", transpose_maps),
         ("norm-fold", norm_fold),
         ("mlp-conv", mlp_conv),
         ("ov-mlp-conv", ov_mlp_conv),
@@ -488,6 +488,12 @@ def main() -> None:
         command.add_argument(
             "--litert", action="store_true", help="also time each variant through LiteRT"
         )
+    sub.choices["transpose-maps"].add_argument(
+        "--base",
+        choices=[form.value for form in GraphForm],
+        default=GraphForm.NATIVE_ONEHEAD_BATCHED.value,
+        help="the form rewritten and compared against (default: LiteRT's)",
+    )
     args = parser.parse_args()
     print(machine_line())
     args.func(args)

@@ -42,7 +42,7 @@ def _script(name: str):
         ("mlp_conv_ends_graph", "pointwise Mlp", "native"),
         ("linears_conv_graph", "PointwiseLinear", "native"),
         ("one_head_batch2_graph", "batched one head", "native"),
-        ("ChannelsLastMaps", "ChannelsLastMaps", "native-onehead-batched"),
+        ("TransposedMaps", "TransposedMaps", "native-onehead-batched"),
     ],
 )
 def test_variant_computes_the_reference_function(
