@@ -16,7 +16,7 @@ The classifier head stays float as well: its output is the model's logits, and i
 logits cost the fixture more cosine than any other single layer (docs/litert.md). So do the
 V-upsampling convs (``DEPTHWISE_CONV_2D`` with a depth multiplier above 1): XNNPACK runs an
 int8 one as a GEMM per channel group, which on AMX cores took more time than every int8 fully
-connected layer together (docs/litert.md, "INT8: the upsampling convs float").
+connected layer together (docs/litert.md, "The upsampling convs float").
 
 Layers are named by op type and operator index in the float .tflite (``FULLY_CONNECTED#812``),
 with the converter's location name beside them: litert-torch's tensor names drop the stage a
