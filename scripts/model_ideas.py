@@ -40,6 +40,7 @@ from runtime_ideas import (
     ort_session,
     ov_call,
     report,
+    tflite_call,
     worst_cosine,
 )
 from torch import nn
@@ -302,26 +303,13 @@ def ov_int8_calls(converted: dict[str, Any], x: Any, calibration: Path) -> dict[
 def litert_calls(variants: dict[str, Any], x: Any, folder: Path) -> dict[str, Any]:
     """Each variant converted as the LiteRT converter does (``convert_float``) and run by the
     Interpreter with its XNNPACK delegate: one timing call each."""
-    from ai_edge_litert.interpreter import Interpreter
     from restv2_edge.converters.litert import convert_float
 
     calls = {}
     for key, graph in variants.items():
         path = folder / f"{key}.tflite"
         path.write_bytes(convert_float(graph, torch.from_numpy(x)))
-        interpreter = Interpreter(model_path=str(path), num_threads=THREADS)
-        interpreter.allocate_tensors()
-        first_in = interpreter.get_input_details()[0]["index"]
-        first_out = interpreter.get_output_details()[0]["index"]
-
-        def call(
-            interpreter: Any = interpreter, first_in: int = first_in, first_out: int = first_out
-        ) -> Any:
-            interpreter.set_tensor(first_in, x)
-            interpreter.invoke()
-            return interpreter.get_tensor(first_out)
-
-        calls[f"litert {key}"] = call
+        calls[f"litert {key}"] = tflite_call(str(path), x)
     return calls
 
 
@@ -329,7 +317,6 @@ def litert_int8_calls(folder: Path, keys: list[str], x: Any, calibration: Path) 
     """Each converted variant (``litert_calls``'s .tflite) quantized by the LiteRT INT8 recipe
     (calibration/litert.py: the weight ops int8 but the head and the V-upsampling convs) on
     the same calibration images: one timing call each, and the worst cosine to its own fp32."""
-    from ai_edge_litert.interpreter import Interpreter
     from restv2_edge.calibration.litert import LiteRTQuantizer
 
     inputs = np.load(calibration)
@@ -337,27 +324,12 @@ def litert_int8_calls(folder: Path, keys: list[str], x: Any, calibration: Path) 
     calls = {}
     for key in keys:
         quantizer = LiteRTQuantizer((folder / f"{key}.tflite").read_bytes(), batches)
-        path = folder / f"{key}.int8.tflite"
-        path.write_bytes(quantizer.quantize(quantizer.head))
-        runs = []
-        for model in (folder / f"{key}.tflite", path):
-            interpreter = Interpreter(model_path=str(model), num_threads=THREADS)
-            interpreter.allocate_tensors()
-            first_in = interpreter.get_input_details()[0]["index"]
-            first_out = interpreter.get_output_details()[0]["index"]
-
-            def call(
-                image: Any, it: Any = interpreter, i: int = first_in, o: int = first_out
-            ) -> Any:
-                it.set_tensor(i, image)
-                it.invoke()
-                return it.get_tensor(o).copy()
-
-            runs.append(call)
-        expected = [runs[0](image[None]) for image in inputs[:8]]
-        got = [runs[1](image[None]) for image in inputs[:8]]
+        fp32 = tflite_call(str(folder / f"{key}.tflite"), x)
+        int8 = tflite_call(quantizer.quantize(quantizer.head), x)
+        expected = [fp32(image[None]) for image in inputs[:8]]
+        got = [int8(image[None]) for image in inputs[:8]]
         print(f"{key} litert int8: worst cosine to its fp32 {worst_cosine(expected, got):.6f}")
-        calls[f"litert int8 {key}"] = lambda run=runs[1]: run(x)
+        calls[f"litert int8 {key}"] = int8
     return calls
 
 

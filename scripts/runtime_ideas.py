@@ -357,9 +357,17 @@ def ov_kernels(args: argparse.Namespace) -> None:
         f"FullyConnected: {macs / 1e9:.2f} G MACs (T@{SIZE}'s linear layers) in {linear_ms:.2f} ms"
         f" = {2 * macs / linear_ms / 1e9:.2f} TOP/s"
     )
-    print("slowest nodes:")
+    runtime = {
+        op.get_friendly_name(): op.get_rt_info()
+        for op in compiled.get_runtime_model().get_ordered_ops()
+    }
+    print("slowest nodes (output precision; the original layers the plugin fused into them):")
     for (name, kernel), ms in sorted(by_node.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"  {ms:6.3f} ms  {kernel:28s} {name}")
+        info = runtime.get(name, {})
+        output = info["outputPrecisions"].astype(str) if "outputPrecisions" in info else "?"
+        fused = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
+        print(f"  {ms:6.3f} ms  {kernel:28s} out {output:5s} {name}")
+        print(f"      fused: {fused}")
 
 
 def ov_precision_marks(args: argparse.Namespace) -> None:
@@ -727,37 +735,16 @@ def litert_runtime(args: argparse.Namespace) -> None:
     """A .tflite through the LiteRT Interpreter (the runner's, XNNPACK delegate) and through
     LiteRT's CompiledModel API on the CPU (XNNPACK; YNNPACK where the build has it)."""
     from ai_edge_litert.compiled_model import CompiledModel
-    from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.options import CpuOptions, Options
 
     x = example()
-    interpreter = Interpreter(model_path=args.model, num_threads=THREADS)
-    interpreter.allocate_tensors()
-    first_in = interpreter.get_input_details()[0]["index"]
-    first_out = interpreter.get_output_details()[0]
-
-    def interpreted() -> Any:
-        interpreter.set_tensor(first_in, x)
-        interpreter.invoke()
-        return interpreter.get_tensor(first_out["index"])
-
+    interpreted = tflite_call(args.model, x)
+    latest_features = tflite_call(args.model, x, experimental_default_delegate_latest_features=True)
     calls = {"Interpreter": interpreted}
-    latest = Interpreter(
-        model_path=args.model,
-        num_threads=THREADS,
-        experimental_default_delegate_latest_features=True,
-    )
-    latest.allocate_tensors()
-
-    def latest_features() -> Any:
-        latest.set_tensor(first_in, x)
-        latest.invoke()
-        return latest.get_tensor(first_out["index"])
-
     difference = np.abs(latest_features().ravel() - interpreted().ravel()).max()
     print(f"Interpreter, latest delegate features: max |dlogit| vs Interpreter {difference:.1e}")
     calls["Interpreter, latest delegate features"] = latest_features
-    size = int(np.prod(first_out["shape"]))
+    size = interpreted().size
     for name, ynnpack in (("CompiledModel", False), ("CompiledModel, YNNPACK", True)):
         options = Options(cpu_options=CpuOptions(num_threads=THREADS, enable_ynnpack=ynnpack))
         try:
@@ -778,12 +765,13 @@ def litert_runtime(args: argparse.Namespace) -> None:
     report(calls, args.runs)
 
 
-def tflite_call(model: bytes | str, x: np.ndarray) -> Callable[[np.ndarray], Any]:
-    """A .tflite (bytes or path) in the Interpreter with its XNNPACK delegate: image -> logits."""
+def tflite_call(model: bytes | str, x: np.ndarray, **options: Any) -> Callable[..., Any]:
+    """A .tflite (bytes or path) in the Interpreter with its XNNPACK delegate (and any
+    further Interpreter ``options``): image (``x`` by default) -> logits."""
     from ai_edge_litert.interpreter import Interpreter
 
     source = {"model_content": model} if isinstance(model, bytes) else {"model_path": model}
-    interpreter = Interpreter(num_threads=THREADS, **source)
+    interpreter = Interpreter(num_threads=THREADS, **source, **options)
     interpreter.allocate_tensors()
     first_in = interpreter.get_input_details()[0]["index"]
     first_out = interpreter.get_output_details()[0]["index"]
@@ -794,6 +782,28 @@ def tflite_call(model: bytes | str, x: np.ndarray) -> Callable[[np.ndarray], Any
         return interpreter.get_tensor(first_out).copy()
 
     return call
+
+
+def conv_macs(data: bytes) -> dict[str, int]:
+    """MACs per conv of a float .tflite (the recipe's ``OP#index`` names), from its NHWC
+    output and OHWI filter shapes: a depthwise filter has one input channel per output."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    model = tfl.read_model(bytearray(data))
+    graph = model.subgraphs[0]
+    macs = {}
+    for index, op in enumerate(graph.operators):
+        name = getattr(
+            tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode),
+            "value",
+            None,
+        )
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            out = graph.tensors[op.outputs[0]].shape
+            _, height, width, channels = graph.tensors[op.inputs[1]].shape
+            taps = height * width * (channels if name == "CONV_2D" else 1)
+            macs[f"{name}#{index}"] = int(np.prod(out)) * int(taps)
+    return macs
 
 
 def litert_int8_float(args: argparse.Namespace) -> None:
@@ -813,7 +823,11 @@ def litert_int8_float(args: argparse.Namespace) -> None:
         "recipe": [*quantizer.head, *upsampling],
         "recipe, dense convs float": [*quantizer.head, *upsampling, *dense],
     }
-    print(f"{len(upsampling)} upsampling convs, {len(dense)} dense convs")
+    macs = conv_macs(data)
+    print(
+        f"{len(upsampling)} upsampling convs ({sum(macs[n] for n in upsampling) / 1e6:.1f} M MACs),"
+        f" {len(dense)} dense convs ({sum(macs[n] for n in dense) / 1e6:.1f} M MACs)"
+    )
     x = example()
     fp32 = tflite_call(data, x)
     expected = [fp32(image[None]) for image in inputs[:8]]
@@ -833,26 +847,14 @@ def litert_int8_float(args: argparse.Namespace) -> None:
 def litert_kernels(args: argparse.Namespace) -> None:
     """.tflite files' kernels side by side: Linux perf samples (``restv2_edge.kernel_samples``)
     in alternating rounds, ms per inference per kernel family, and the GEMM kernels' share."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from restv2_edge.kernel_samples import sample_calls
     from restv2_edge.profile import by_op_type, merge_profiles
 
     x = example()
     calls = {}
     for path in args.models:
-        interpreter = Interpreter(model_path=path, num_threads=THREADS)
-        interpreter.allocate_tensors()
-        first_in = interpreter.get_input_details()[0]["index"]
-        first_out = interpreter.get_output_details()[0]["index"]
-
-        def call(it: Any = interpreter, i: int = first_in, o: int = first_out) -> Any:
-            it.set_tensor(i, x)
-            it.invoke()
-            return it.get_tensor(o)
-
-        call()
-        calls[path] = call
+        calls[path] = tflite_call(path, x)
+        calls[path]()
     profiles: dict[str, list[Any]] = {path: [] for path in calls}
     for _ in range(args.rounds):
         for path, call in calls.items():
@@ -882,10 +884,9 @@ def litert_kernels(args: argparse.Namespace) -> None:
 
 def ops_ms(profile: Any) -> dict[str, float]:
     """ms per op type of one profile."""
-    totals: dict[str, float] = {}
-    for op in profile.ops:
-        totals[op.op_type] = totals.get(op.op_type, 0.0) + op.ms
-    return totals
+    from restv2_edge.profile import by_op_type
+
+    return {row["op_type"]: row["ms"] for row in by_op_type(profile)}
 
 
 def gemm_ms(families: dict[str, float]) -> float:
